@@ -1,0 +1,212 @@
+"""The exceptions convostore raises.
+
+Every error derives from one root, so ``except ConvostoreError`` catches anything convostore
+raises on purpose. Driver and HTTP errors are translated at one boundary per layer and chained
+(``raise ... from exc``), so the original is always on ``__cause__``.
+
+    ConvostoreError
+    ├── ConfigurationError          bad URL, missing driver extra, unknown option
+    ├── ValidationError (ValueError) bad input, rejected before anything is sent or written
+    ├── StoreError                  the storage layer
+    │   ├── ConversationNotFound (LookupError)   missing, deleted, or another tenant's
+    │   ├── ConversationExists                   create with an id already taken
+    │   ├── ConcurrentTurnError                  the version an append was planned against is stale
+    │   ├── SchemaError                          database schema missing or behind; names the fix
+    │   ├── StoreUnavailable                     the backend could not be reached
+    │   └── CorruptRecordError                   a stored row that does not parse
+    └── APIError                    the Interactions API (or the emulator)
+        ├── APIConnectionError                   could not connect / connection dropped
+        │   └── APITimeoutError                  no answer in time (never retried on create)
+        ├── StreamError                          a stream ended by an ``error`` event or cut short
+        └── APIStatusError                       an HTTP error status; has status_code, code, body
+            ├── BadRequestError         400
+            ├── AuthenticationError     401
+            ├── PermissionDeniedError   403
+            ├── NotFoundError           404
+            ├── ConflictError           409
+            ├── UnprocessableEntityError 422
+            ├── RateLimitError          429
+            └── InternalServerError     5xx
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConcurrentTurnError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConversationExists",
+    "ConversationNotFound",
+    "ConvostoreError",
+    "CorruptRecordError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "SchemaError",
+    "StoreError",
+    "StoreUnavailable",
+    "StreamError",
+    "UnprocessableEntityError",
+    "ValidationError",
+    "status_error_class",
+]
+
+
+class ConvostoreError(Exception):
+    """Root of every error convostore raises on purpose."""
+
+
+class ConfigurationError(ConvostoreError):
+    """A URL, option or installation problem found before any I/O."""
+
+
+class ValidationError(ConvostoreError, ValueError):
+    """Input rejected before anything was sent or written."""
+
+
+class StoreError(ConvostoreError):
+    """An error of the storage layer."""
+
+
+class ConversationNotFound(StoreError, LookupError):
+    """The conversation does not exist for this tenant (or was deleted)."""
+
+    def __init__(self, conversation_id: str, message: str | None = None) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(message or f"conversation {conversation_id!r} not found")
+
+
+class ConversationExists(StoreError):
+    """A conversation with this id already exists (in any tenant)."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(f"conversation {conversation_id!r} already exists")
+
+
+class ConcurrentTurnError(StoreError):
+    """Another writer appended first: the expected version is stale."""
+
+    def __init__(
+        self, conversation_id: str, *, expected_version: int, actual_version: int | None = None
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        found = "" if actual_version is None else f", found {actual_version}"
+        super().__init__(
+            f"conversation {conversation_id!r} changed concurrently "
+            f"(expected version {expected_version}{found})"
+        )
+
+
+class SchemaError(StoreError):
+    """The database schema is missing or out of date."""
+
+
+class StoreUnavailable(StoreError):
+    """The storage backend could not be reached or failed mid-operation."""
+
+
+class CorruptRecordError(StoreError):
+    """A stored record could not be decoded; never skipped silently."""
+
+
+class APIError(ConvostoreError):
+    """An error talking to the Interactions API."""
+
+
+class APIConnectionError(APIError):
+    """The connection could not be made or was dropped."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+class StreamError(APIError):
+    """A stream ended with an ``error`` event or was cut before ``interaction.completed``."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}" if code else message)
+
+
+class APIStatusError(APIError):
+    """The API answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.body = body
+        self.retry_after = retry_after
+        super().__init__(f"Error code: {status_code} - {code or 'error'}: {message}")
+
+
+class BadRequestError(APIStatusError):
+    """400."""
+
+
+class AuthenticationError(APIStatusError):
+    """401."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403."""
+
+
+class NotFoundError(APIStatusError):
+    """404."""
+
+
+class ConflictError(APIStatusError):
+    """409."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422."""
+
+
+class RateLimitError(APIStatusError):
+    """429."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx."""
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The exception class for an HTTP error status."""
+    if status_code >= 500:
+        return InternalServerError
+    return _BY_STATUS.get(status_code, APIStatusError)

@@ -1,0 +1,763 @@
+"""Pydantic models: the wire protocol (steps, content, interactions, stream events) and the
+records convostore stores (conversations, turns, steps).
+
+Wire models are lenient: every model keeps unknown keys (``extra="allow"``), and an unknown
+step, content, event or delta ``type`` parses into an ``Unknown*`` model that keeps the whole
+payload. :func:`to_wire` gives back exactly the keys that came in, so a payload survives a
+parse/serialise round trip unchanged. convostore stores the raw JSON, never a re-serialised
+model, so the stored copy is verbatim regardless.
+
+Records are strict: they are what convostore owns.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+)
+
+from ._exceptions import ValidationError
+
+JSONObject: TypeAlias = dict[str, Any]
+
+# --------------------------------------------------------------------------- wire: base
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: unknown keys are kept, the ``type`` key is always emitted."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for key in ("type", "event_type"):
+            if key in type(self).model_fields:
+                self.model_fields_set.add(key)
+
+
+def to_wire(model: BaseModel) -> JSONObject:
+    """The wire JSON of a model: exactly the keys that were set, extras included."""
+    return model.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def _open_union_tag(known: frozenset[str]) -> Any:
+    def tag(value: Any) -> str:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return kind if isinstance(kind, str) and kind in known else "unknown"
+
+    return tag
+
+
+# --------------------------------------------------------------------------- content
+
+
+class UrlCitation(WireModel):
+    type: Literal["url_citation"] = "url_citation"
+
+
+class TextContent(WireModel):
+    type: Literal["text"] = "text"
+    text: str
+    annotations: list[JSONObject] | None = None
+
+
+class _MediaContent(WireModel):
+    data: str | None = None
+    uri: str | None = None
+    mime_type: str | None = None
+
+
+class ImageContent(_MediaContent):
+    type: Literal["image"] = "image"
+    resolution: str | None = None
+
+
+class AudioContent(_MediaContent):
+    type: Literal["audio"] = "audio"
+    sample_rate: int | None = None
+    channels: int | None = None
+
+
+class VideoContent(_MediaContent):
+    type: Literal["video"] = "video"
+    resolution: str | None = None
+
+
+class DocumentContent(_MediaContent):
+    type: Literal["document"] = "document"
+
+
+class UnknownContent(WireModel):
+    """A content part of a type this version does not know; kept verbatim."""
+
+    type: str
+
+
+_CONTENT_TYPES = frozenset({"text", "image", "audio", "video", "document"})
+
+Content = Annotated[
+    Annotated[TextContent, Tag("text")]
+    | Annotated[ImageContent, Tag("image")]
+    | Annotated[AudioContent, Tag("audio")]
+    | Annotated[VideoContent, Tag("video")]
+    | Annotated[DocumentContent, Tag("document")]
+    | Annotated[UnknownContent, Tag("unknown")],
+    Discriminator(_open_union_tag(_CONTENT_TYPES)),
+]
+
+# --------------------------------------------------------------------------- steps
+
+
+class UserInputStep(WireModel):
+    type: Literal["user_input"] = "user_input"
+    content: list[Content] | None = None
+
+
+class ModelOutputStep(WireModel):
+    type: Literal["model_output"] = "model_output"
+    content: list[Content] | None = None
+    error: JSONObject | None = None
+
+
+class ThoughtStep(WireModel):
+    type: Literal["thought"] = "thought"
+    signature: str | None = None
+    summary: list[Content] | None = None
+
+
+class FunctionCallStep(WireModel):
+    type: Literal["function_call"] = "function_call"
+    id: str
+    name: str
+    arguments: JSONObject
+
+
+class FunctionResultStep(WireModel):
+    type: Literal["function_result"] = "function_result"
+    call_id: str
+    result: Any
+    name: str | None = None
+    is_error: bool | None = None
+
+
+class _ToolCall(WireModel):
+    id: str
+    signature: str | None = None
+
+
+class _ToolResult(WireModel):
+    call_id: str
+    signature: str | None = None
+
+
+class CodeExecutionCallStep(_ToolCall):
+    type: Literal["code_execution_call"] = "code_execution_call"
+    arguments: Any
+
+
+class CodeExecutionResultStep(_ToolResult):
+    type: Literal["code_execution_result"] = "code_execution_result"
+    result: Any
+    is_error: bool | None = None
+
+
+class UrlContextCallStep(_ToolCall):
+    type: Literal["url_context_call"] = "url_context_call"
+    arguments: Any
+
+
+class UrlContextResultStep(_ToolResult):
+    type: Literal["url_context_result"] = "url_context_result"
+    result: list[Any]
+    is_error: bool | None = None
+
+
+class GoogleSearchCallStep(_ToolCall):
+    type: Literal["google_search_call"] = "google_search_call"
+    arguments: Any
+    search_type: str | None = None
+
+
+class GoogleSearchResultStep(_ToolResult):
+    type: Literal["google_search_result"] = "google_search_result"
+    result: list[Any]
+    is_error: bool | None = None
+
+
+class GoogleMapsCallStep(_ToolCall):
+    type: Literal["google_maps_call"] = "google_maps_call"
+    arguments: Any = None
+
+
+class GoogleMapsResultStep(_ToolResult):
+    type: Literal["google_maps_result"] = "google_maps_result"
+    result: list[Any]
+
+
+class FileSearchCallStep(_ToolCall):
+    type: Literal["file_search_call"] = "file_search_call"
+
+
+class FileSearchResultStep(_ToolResult):
+    type: Literal["file_search_result"] = "file_search_result"
+
+
+class McpServerToolCallStep(WireModel):
+    type: Literal["mcp_server_tool_call"] = "mcp_server_tool_call"
+    id: str
+    name: str
+    server_name: str
+    arguments: Any
+
+
+class McpServerToolResultStep(WireModel):
+    type: Literal["mcp_server_tool_result"] = "mcp_server_tool_result"
+    call_id: str
+    result: Any
+    name: str | None = None
+    server_name: str | None = None
+
+
+class RetrievalCallStep(_ToolCall):
+    type: Literal["retrieval_call"] = "retrieval_call"
+    arguments: Any
+    retrieval_type: str | None = None
+
+
+class RetrievalResultStep(_ToolResult):
+    type: Literal["retrieval_result"] = "retrieval_result"
+    is_error: bool | None = None
+
+
+class ProcessingCallStep(_ToolCall):
+    type: Literal["processing_call"] = "processing_call"
+
+
+class ProcessingResultStep(_ToolResult):
+    type: Literal["processing_result"] = "processing_result"
+
+
+class UnknownStep(WireModel):
+    """A step of a type this version does not know; kept verbatim."""
+
+    type: str
+
+
+_STEP_CLASSES: tuple[type[WireModel], ...] = (
+    UserInputStep,
+    ModelOutputStep,
+    ThoughtStep,
+    FunctionCallStep,
+    FunctionResultStep,
+    CodeExecutionCallStep,
+    CodeExecutionResultStep,
+    UrlContextCallStep,
+    UrlContextResultStep,
+    GoogleSearchCallStep,
+    GoogleSearchResultStep,
+    GoogleMapsCallStep,
+    GoogleMapsResultStep,
+    FileSearchCallStep,
+    FileSearchResultStep,
+    McpServerToolCallStep,
+    McpServerToolResultStep,
+    RetrievalCallStep,
+    RetrievalResultStep,
+    ProcessingCallStep,
+    ProcessingResultStep,
+)
+STEP_TYPES: frozenset[str] = frozenset(c.model_fields["type"].default for c in _STEP_CLASSES)
+
+Step = Annotated[
+    Annotated[UserInputStep, Tag("user_input")]
+    | Annotated[ModelOutputStep, Tag("model_output")]
+    | Annotated[ThoughtStep, Tag("thought")]
+    | Annotated[FunctionCallStep, Tag("function_call")]
+    | Annotated[FunctionResultStep, Tag("function_result")]
+    | Annotated[CodeExecutionCallStep, Tag("code_execution_call")]
+    | Annotated[CodeExecutionResultStep, Tag("code_execution_result")]
+    | Annotated[UrlContextCallStep, Tag("url_context_call")]
+    | Annotated[UrlContextResultStep, Tag("url_context_result")]
+    | Annotated[GoogleSearchCallStep, Tag("google_search_call")]
+    | Annotated[GoogleSearchResultStep, Tag("google_search_result")]
+    | Annotated[GoogleMapsCallStep, Tag("google_maps_call")]
+    | Annotated[GoogleMapsResultStep, Tag("google_maps_result")]
+    | Annotated[FileSearchCallStep, Tag("file_search_call")]
+    | Annotated[FileSearchResultStep, Tag("file_search_result")]
+    | Annotated[McpServerToolCallStep, Tag("mcp_server_tool_call")]
+    | Annotated[McpServerToolResultStep, Tag("mcp_server_tool_result")]
+    | Annotated[RetrievalCallStep, Tag("retrieval_call")]
+    | Annotated[RetrievalResultStep, Tag("retrieval_result")]
+    | Annotated[ProcessingCallStep, Tag("processing_call")]
+    | Annotated[ProcessingResultStep, Tag("processing_result")]
+    | Annotated[UnknownStep, Tag("unknown")],
+    Discriminator(_open_union_tag(STEP_TYPES)),
+]
+
+_STEP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Step)
+_STEPS_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(list[Step])
+
+
+def parse_step(payload: Mapping[str, Any]) -> Any:
+    """Parse one wire step (strict for known types; unknown types kept verbatim).
+
+    Raises:
+        ValidationError: a known step type with missing or malformed fields.
+    """
+    try:
+        return _STEP_ADAPTER.validate_python(payload)
+    except Exception as exc:  # pydantic.ValidationError
+        raise ValidationError(f"invalid step: {exc}") from exc
+
+
+def view_step(payload: Mapping[str, Any]) -> Any:
+    """Parse a step the API sent, leniently: a malformed known type becomes an UnknownStep."""
+    try:
+        return _STEP_ADAPTER.validate_python(payload)
+    except Exception:
+        return UnknownStep.model_validate(dict(payload))
+
+
+# --------------------------------------------------------------------------- usage, interaction
+
+
+class Usage(WireModel):
+    total_input_tokens: int | None = None
+    total_output_tokens: int | None = None
+    total_thought_tokens: int | None = None
+    total_cached_tokens: int | None = None
+    total_tool_use_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class APIErrorBody(WireModel):
+    code: str | int | None = None
+    message: str | None = None
+
+
+class Interaction(WireModel):
+    id: str = ""
+    status: str
+    steps: list[JSONObject] | None = None
+    model: str | None = None
+    agent: str | None = None
+    created: str | None = None
+    updated: str | None = None
+    usage: Usage | None = None
+    previous_interaction_id: str | None = None
+    continuation_token: str | None = None
+
+    @property
+    def output_text(self) -> str:
+        return output_text(self.steps or [])
+
+
+def output_text(steps: Sequence[Mapping[str, Any]]) -> str:
+    """The trailing model text of a step list, as the SDK's ``output_text`` computes it.
+
+    Walks back over the trailing ``model_output`` steps (skipping ``thought`` steps) and
+    joins their trailing text parts; stops at a ``user_input`` or any other step.
+    """
+    texts: list[str] = []
+    for step in reversed(steps):
+        kind = step.get("type")
+        if kind == "thought":
+            continue
+        if kind != "model_output":
+            break
+        parts: list[str] = []
+        for part in reversed(step.get("content") or []):
+            if not isinstance(part, Mapping) or part.get("type") != "text":
+                break
+            parts.append(str(part.get("text", "")))
+        texts.extend(parts)
+        if len(parts) != len(step.get("content") or []):
+            break
+    return "".join(reversed(texts))
+
+
+# --------------------------------------------------------------------------- stream events
+
+
+class TextDelta(WireModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ThoughtSummaryDelta(WireModel):
+    type: Literal["thought_summary"] = "thought_summary"
+    content: JSONObject | None = None
+
+
+class ThoughtSignatureDelta(WireModel):
+    type: Literal["thought_signature"] = "thought_signature"
+    signature: str
+
+
+class ArgumentsDelta(WireModel):
+    type: Literal["arguments_delta"] = "arguments_delta"
+    arguments: str
+
+
+class TextAnnotationDelta(WireModel):
+    type: Literal["text_annotation_delta"] = "text_annotation_delta"
+    annotations: list[JSONObject] = Field(default_factory=list)
+
+
+class ImageDelta(_MediaContent):
+    type: Literal["image"] = "image"
+
+
+class AudioDelta(_MediaContent):
+    type: Literal["audio"] = "audio"
+
+
+class VideoDelta(_MediaContent):
+    type: Literal["video"] = "video"
+
+
+class DocumentDelta(_MediaContent):
+    type: Literal["document"] = "document"
+
+
+class FunctionResultDelta(WireModel):
+    type: Literal["function_result"] = "function_result"
+    result: Any = None
+    name: str | None = None
+    is_error: bool | None = None
+
+
+class UnknownDelta(WireModel):
+    type: str
+
+
+_DELTA_CLASSES: tuple[type[WireModel], ...] = (
+    TextDelta,
+    ThoughtSummaryDelta,
+    ThoughtSignatureDelta,
+    ArgumentsDelta,
+    TextAnnotationDelta,
+    ImageDelta,
+    AudioDelta,
+    VideoDelta,
+    DocumentDelta,
+    FunctionResultDelta,
+)
+_DELTA_TYPES = frozenset(c.model_fields["type"].default for c in _DELTA_CLASSES)
+
+Delta = Annotated[
+    Annotated[TextDelta, Tag("text")]
+    | Annotated[ThoughtSummaryDelta, Tag("thought_summary")]
+    | Annotated[ThoughtSignatureDelta, Tag("thought_signature")]
+    | Annotated[ArgumentsDelta, Tag("arguments_delta")]
+    | Annotated[TextAnnotationDelta, Tag("text_annotation_delta")]
+    | Annotated[ImageDelta, Tag("image")]
+    | Annotated[AudioDelta, Tag("audio")]
+    | Annotated[VideoDelta, Tag("video")]
+    | Annotated[DocumentDelta, Tag("document")]
+    | Annotated[FunctionResultDelta, Tag("function_result")]
+    | Annotated[UnknownDelta, Tag("unknown")],
+    Discriminator(_open_union_tag(_DELTA_TYPES)),
+]
+
+
+class _Event(WireModel):
+    event_id: str | None = None
+
+
+class InteractionCreatedEvent(_Event):
+    event_type: Literal["interaction.created"] = "interaction.created"
+    interaction: Interaction
+
+
+class InteractionStatusUpdateEvent(_Event):
+    event_type: Literal["interaction.status_update"] = "interaction.status_update"
+    interaction_id: str
+    status: str
+    usage: Usage | None = None
+    continuation_token: str | None = None
+
+
+class StepStartEvent(_Event):
+    event_type: Literal["step.start"] = "step.start"
+    index: int
+    step: JSONObject
+
+
+class StepDeltaEvent(_Event):
+    event_type: Literal["step.delta"] = "step.delta"
+    index: int
+    delta: Delta
+    metadata: JSONObject | None = None
+
+
+class StepStopEvent(_Event):
+    event_type: Literal["step.stop"] = "step.stop"
+    index: int
+    usage: Usage | None = None
+    step_usage: JSONObject | None = None
+
+
+class InteractionCompletedEvent(_Event):
+    event_type: Literal["interaction.completed"] = "interaction.completed"
+    interaction: Interaction
+
+
+class ErrorEvent(_Event):
+    event_type: Literal["error"] = "error"
+    error: APIErrorBody | None = None
+
+
+class UnknownEvent(_Event):
+    event_type: str
+
+
+_EVENT_CLASSES: tuple[type[_Event], ...] = (
+    InteractionCreatedEvent,
+    InteractionStatusUpdateEvent,
+    StepStartEvent,
+    StepDeltaEvent,
+    StepStopEvent,
+    InteractionCompletedEvent,
+    ErrorEvent,
+)
+_EVENT_TYPES = frozenset(c.model_fields["event_type"].default for c in _EVENT_CLASSES)
+
+
+def _event_tag(value: Any) -> str:
+    kind = (
+        value.get("event_type") if isinstance(value, dict) else getattr(value, "event_type", None)
+    )
+    return kind if isinstance(kind, str) and kind in _EVENT_TYPES else "unknown"
+
+
+Event = Annotated[
+    Annotated[InteractionCreatedEvent, Tag("interaction.created")]
+    | Annotated[InteractionStatusUpdateEvent, Tag("interaction.status_update")]
+    | Annotated[StepStartEvent, Tag("step.start")]
+    | Annotated[StepDeltaEvent, Tag("step.delta")]
+    | Annotated[StepStopEvent, Tag("step.stop")]
+    | Annotated[InteractionCompletedEvent, Tag("interaction.completed")]
+    | Annotated[ErrorEvent, Tag("error")]
+    | Annotated[UnknownEvent, Tag("unknown")],
+    Discriminator(_event_tag),
+]
+_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+
+
+def parse_event(payload: Mapping[str, Any]) -> Any:
+    """Parse one SSE ``data`` object; a malformed known event becomes an UnknownEvent."""
+    try:
+        return _EVENT_ADAPTER.validate_python(payload)
+    except Exception:
+        data = dict(payload)
+        data.setdefault("event_type", "unknown")
+        return UnknownEvent.model_validate(data)
+
+
+# --------------------------------------------------------------------------- JSON checks
+
+MAX_ID_LENGTH = 200
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]*")
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Validate an identifier convostore stores or puts in a key (conversation, tenant, user).
+
+    Allowed: 1-200 characters of letters, digits and ``_ . : @ + -``, not starting with a
+    punctuation mark. Quotes, ``%``, ``*``, ``?``, braces, spaces and control characters are
+    rejected, so an id is safe in any backend's keys and in log lines.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise ValidationError(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationError(f"{what} is longer than {MAX_ID_LENGTH} characters")
+    if not _ID_RE.fullmatch(value):
+        raise ValidationError(
+            f"{what} {value[:40]!r} may only contain letters, digits and _ . : @ + -"
+        )
+    return value
+
+
+def check_json(value: object, what: str = "value") -> Any:
+    """Check that ``value`` is plain JSON (dict/list/str/int/float/bool/None, finite floats,
+    string keys, no lone surrogates) and return it unchanged."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
+        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from exc
+    _check_keys(value, what)
+    return value
+
+
+def _check_keys(value: object, what: str) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise ValidationError(f"{what} has a non-string key {key!r}")
+                stack.append(sub)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValidationError(f"{what} contains a non-finite number")
+
+
+def check_step_payload(value: object, what: str = "step") -> JSONObject:
+    """A step must be a JSON object with a string ``type``."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be a JSON object, not {type(value).__name__}")
+    kind = value.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ValidationError(f"{what} must have a string 'type'")
+    check_json(value, what)
+    return dict(value)
+
+
+# --------------------------------------------------------------------------- records
+
+Mode: TypeAlias = Literal["server", "stateless", "auto"]
+ModeUsed: TypeAlias = Literal["server", "stateless"]
+MODES: tuple[str, ...] = ("server", "stateless", "auto")
+
+
+class Reason(enum.StrEnum):
+    """Why a turn travelled the way it did (``TurnRecord.reason``)."""
+
+    FIRST_TURN = "first_turn"
+    """No history yet: a new chain starts (server/auto) with ``store: true``."""
+    CHAINED = "chained"
+    """Only the new input was sent, chained to the known-good head."""
+    STATELESS_MODE = "stateless_mode"
+    """The conversation is stateless: full history replayed with ``store: false``."""
+    HEAD_EXPIRED = "head_expired"
+    """auto: the head is older than the retention; history replayed to seed a new chain."""
+    MODEL_CHANGED = "model_changed"
+    """The model changed since the head; history replayed to seed a new chain."""
+    NO_SERVER_HEAD = "no_server_head"
+    """History exists but has no stored interaction to chain from (e.g. a fork or import)."""
+    CHAIN_BROKEN = "chain_broken"
+    """The server said the head is gone; the local mirror was replayed to seed a new chain."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConversationRecord(_Record):
+    """One conversation: identity, settings re-sent on every turn, and the chain head."""
+
+    id: str
+    tenant: str
+    user: str | None = None
+    mode: Mode = "auto"
+    model: str
+    config: JSONObject = Field(default_factory=dict)
+    head_interaction_id: str | None = None
+    head_created_at: AwareDatetime | None = None
+    head_model: str | None = None
+    version: int = 0
+    turn_count: int = 0
+    step_count: int = 0
+    last_turn_hash: str | None = None
+    metadata: JSONObject = Field(default_factory=dict)
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    updated_at: AwareDatetime = Field(default_factory=utcnow)
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("id", "tenant")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return check_id(value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value, "user")
+
+    @field_validator("config", "metadata")
+    @classmethod
+    def _json(cls, value: JSONObject) -> JSONObject:
+        check_json(value, "config/metadata")
+        return value
+
+
+class TurnRecord(_Record):
+    """One committed turn: its interaction, how it travelled, and what it cost."""
+
+    conversation_id: str
+    seq: int
+    interaction_id: str | None = None
+    previous_interaction_id: str | None = None
+    model: str | None = None
+    mode_used: ModeUsed
+    reason: Reason
+    status: str
+    usage: JSONObject | None = None
+    idempotency_key: str | None = None
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    audit_hash: str | None = None
+
+
+class StoredStep(_Record):
+    """One step as stored: its place in the conversation and its wire JSON, verbatim."""
+
+    conversation_id: str
+    seq: int
+    turn_seq: int
+    type: str
+    payload: JSONObject
+
+
+class Page(_Record):
+    """One page of a listing; pass ``next_cursor`` back to get the next page."""
+
+    items: list[ConversationRecord]
+    next_cursor: str | None = None
+
+
+class TurnCommit(_Record):
+    """Everything one turn writes, committed atomically by ``append_turn``.
+
+    ``record`` is the conversation as it stands *after* the turn: its ``version`` is the
+    expected version plus one, its counts, head and ``last_turn_hash`` already advanced.
+    ``turn.seq == record.turn_count``; ``steps`` continue the conversation's step sequence.
+    """
+
+    record: ConversationRecord
+    turn: TurnRecord
+    steps: list[StoredStep]
+
+    @property
+    def expected_version(self) -> int:
+        return self.record.version - 1
+
+
+class AppendResult(_Record):
+    """What ``append_turn`` did: ``created`` is False when the idempotency key was already
+    used and ``turn`` is the turn stored back then (nothing was written)."""
+
+    turn: TurnRecord
+    created: bool
