@@ -1,0 +1,348 @@
+"""Rules every store backend applies, free of I/O: input checks, listing cursors, the
+newest-N boundary, and the JSON encoding of stored payloads.
+
+Backends call the ``check_*`` functions before touching storage, so bad input raises
+:class:`~convostore.ValidationError` with nothing written and existing data untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from ._exceptions import CorruptRecordError, ValidationError
+from .models import (
+    MAX_ID_LENGTH,
+    ConversationRecord,
+    StoredStep,
+    TurnCommit,
+    TurnRecord,
+    check_id,
+    check_json,
+    check_step_payload,
+)
+
+__all__ = [
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "MAX_LIST_LIMIT",
+    "REQUIRES_ACTION",
+    "TurnSpan",
+    "check_commit",
+    "check_list",
+    "check_load",
+    "check_new_conversation",
+    "check_purge",
+    "check_record",
+    "check_scope",
+    "check_update",
+    "decode_cursor",
+    "dumps",
+    "encode_cursor",
+    "epoch_us",
+    "loads",
+    "newest_start",
+]
+
+MAX_IDEMPOTENCY_KEY_LENGTH = MAX_ID_LENGTH
+MAX_LIST_LIMIT = 1000
+REQUIRES_ACTION = "requires_action"
+"""A turn with this status awaits a client-side result; the next turn answers it."""
+
+
+# --------------------------------------------------------------------------- JSON text
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of an already-checked value (non-ASCII kept as is)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str | bytes, what: str = "stored record") -> Any:
+    """Decode stored JSON text.
+
+    Raises:
+        CorruptRecordError: the text is not JSON.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise CorruptRecordError(f"{what} is not valid JSON: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_int(value: object, what: str, *, minimum: int) -> int:
+    # bool is an int subclass; True as a seq or limit is always a caller bug
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{what} must be an integer, not {type(value).__name__}")
+    if value < minimum:
+        raise ValidationError(f"{what} must be >= {minimum}, not {value}")
+    return value
+
+
+def _check_aware(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(f"{what} must be timezone-aware")
+    return value
+
+
+def check_scope(conversation_id: object, tenant: object) -> None:
+    """Check the (conversation id, tenant) pair every scoped operation takes."""
+    check_id(conversation_id, "conversation id")
+    check_id(tenant, "tenant")
+
+
+def check_record(record: object) -> ConversationRecord:
+    """Check a conversation record, including what ``model_construct`` could have skipped."""
+    if not isinstance(record, ConversationRecord):
+        raise ValidationError(f"expected a ConversationRecord, not {type(record).__name__}")
+    check_scope(record.id, record.tenant)
+    if record.user is not None:
+        check_id(record.user, "user")
+    if not isinstance(record.model, str):
+        raise ValidationError("model must be a string")
+    check_json(record.config, "config")
+    check_json(record.metadata, "metadata")
+    for name in ("version", "turn_count", "step_count"):
+        _check_int(getattr(record, name), name, minimum=0)
+    for name in ("created_at", "updated_at"):
+        _check_aware(getattr(record, name), name)
+    for name in ("expires_at", "head_created_at"):
+        if getattr(record, name) is not None:
+            _check_aware(getattr(record, name), name)
+    return record
+
+
+def _check_turn(turn: object, conversation_id: str, seq: int) -> TurnRecord:
+    if not isinstance(turn, TurnRecord):
+        raise ValidationError(f"expected a TurnRecord, not {type(turn).__name__}")
+    if turn.conversation_id != conversation_id:
+        raise ValidationError(
+            f"turn {turn.seq} belongs to {turn.conversation_id!r}, not {conversation_id!r}"
+        )
+    if turn.seq != seq:
+        raise ValidationError(f"turn seq {turn.seq!r} out of order; expected {seq}")
+    if not isinstance(turn.status, str) or not turn.status:
+        raise ValidationError("turn status must be a non-empty string")
+    if turn.usage is not None:
+        check_json(turn.usage, "turn usage")
+    key = turn.idempotency_key
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise ValidationError("idempotency key must be a non-empty string")
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ValidationError(
+                f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+        if not key.isprintable():
+            raise ValidationError("idempotency key must not contain control characters")
+        check_json(key, "idempotency key")
+    _check_aware(turn.created_at, "turn created_at")
+    return turn
+
+
+def _check_step(step: object, conversation_id: str, seq: int, turn_seq: int | None) -> StoredStep:
+    if not isinstance(step, StoredStep):
+        raise ValidationError(f"expected a StoredStep, not {type(step).__name__}")
+    if step.conversation_id != conversation_id:
+        raise ValidationError(
+            f"step {step.seq} belongs to {step.conversation_id!r}, not {conversation_id!r}"
+        )
+    if step.seq != seq:
+        raise ValidationError(f"step seq {step.seq!r} out of order; expected {seq}")
+    if turn_seq is not None and step.turn_seq != turn_seq:
+        raise ValidationError(f"step {seq} has turn_seq {step.turn_seq!r}; expected {turn_seq}")
+    payload = check_step_payload(step.payload, f"step {seq}")
+    if step.type != payload["type"]:
+        raise ValidationError(
+            f"step {seq} type {step.type!r} differs from its payload type {payload['type']!r}"
+        )
+    return step
+
+
+def check_new_conversation(
+    record: object, turns: Sequence[object], steps: Sequence[object]
+) -> ConversationRecord:
+    """Check a conversation about to be created with (optional) existing history.
+
+    Counts match, turn and step seqs run 1..n, every step belongs to one of the given turns
+    (turn seqs never decrease along the steps), idempotency keys are unique.
+    """
+    rec = check_record(record)
+    turns = list(turns)
+    steps = list(steps)
+    if rec.turn_count != len(turns):
+        raise ValidationError(f"turn_count is {rec.turn_count} but {len(turns)} turns given")
+    if rec.step_count != len(steps):
+        raise ValidationError(f"step_count is {rec.step_count} but {len(steps)} steps given")
+    keys: set[str] = set()
+    for seq, turn in enumerate(turns, start=1):
+        checked = _check_turn(turn, rec.id, seq)
+        if checked.idempotency_key is not None:
+            if checked.idempotency_key in keys:
+                raise ValidationError(f"idempotency key used twice: {checked.idempotency_key!r}")
+            keys.add(checked.idempotency_key)
+    last_turn = 1
+    for seq, step in enumerate(steps, start=1):
+        checked_step = _check_step(step, rec.id, seq, None)
+        turn_seq = checked_step.turn_seq
+        if not isinstance(turn_seq, int) or not last_turn <= turn_seq <= len(turns):
+            raise ValidationError(
+                f"step {seq} has turn_seq {turn_seq!r}; expected {last_turn}..{len(turns)}"
+            )
+        last_turn = turn_seq
+    return rec
+
+
+def check_commit(commit: object) -> TurnCommit:
+    """Check one turn's commit: the turn is the record's last, the steps continue the
+    conversation's step sequence and belong to the turn, the version advanced."""
+    if not isinstance(commit, TurnCommit):
+        raise ValidationError(f"expected a TurnCommit, not {type(commit).__name__}")
+    rec = check_record(commit.record)
+    _check_int(rec.version, "version", minimum=1)
+    _check_int(rec.turn_count, "turn_count", minimum=1)
+    _check_turn(commit.turn, rec.id, rec.turn_count)
+    steps = list(commit.steps)
+    first = rec.step_count - len(steps) + 1
+    if first < 1:
+        raise ValidationError(f"step_count {rec.step_count} is less than the {len(steps)} steps")
+    for offset, step in enumerate(steps):
+        _check_step(step, rec.id, first + offset, rec.turn_count)
+    return commit
+
+
+def check_update(record: object) -> ConversationRecord:
+    """Check a record passed to ``update_conversation``."""
+    rec = check_record(record)
+    _check_int(rec.version, "version", minimum=1)
+    return rec
+
+
+def check_load(
+    conversation_id: object,
+    tenant: object,
+    *,
+    after_seq: object = 0,
+    newest: object = None,
+    turn: object = None,
+    limit: object = None,
+) -> None:
+    """Check the arguments of ``load_steps`` / ``load_turns``."""
+    check_scope(conversation_id, tenant)
+    _check_int(after_seq, "after_seq", minimum=0)
+    if newest is not None:
+        _check_int(newest, "newest", minimum=0)
+    if turn is not None:
+        _check_int(turn, "turn", minimum=1)
+    if limit is not None:
+        _check_int(limit, "limit", minimum=0)
+
+
+def check_list(tenant: object, user: object, limit: object, cursor: object) -> None:
+    """Check the arguments of ``list_conversations`` (the cursor is decoded separately)."""
+    if tenant is not None:
+        check_id(tenant, "tenant")
+    if user is not None:
+        check_id(user, "user")
+    _check_int(limit, "limit", minimum=1)
+    if isinstance(limit, int) and limit > MAX_LIST_LIMIT:
+        raise ValidationError(f"limit must be <= {MAX_LIST_LIMIT}, not {limit}")
+    if cursor is not None and not isinstance(cursor, str):
+        raise ValidationError(f"cursor must be a string, not {type(cursor).__name__}")
+
+
+def check_purge(now: object, older_than: object, tenant: object) -> datetime:
+    """Check the arguments of ``purge``; returns ``now`` (default: the current time)."""
+    if tenant is not None:
+        check_id(tenant, "tenant")
+    if older_than is not None:
+        _check_aware(older_than, "older_than")
+    if now is None:
+        return datetime.now(UTC)
+    return _check_aware(now, "now")
+
+
+# --------------------------------------------------------------------------- cursors
+
+
+def epoch_us(value: datetime) -> int:
+    """Microseconds since the Unix epoch: an exact, sortable form of a timestamp."""
+    delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def encode_cursor(created_at: datetime, conversation_id: str) -> str:
+    """An opaque, URL-safe cursor naming the last item of a page: ``(created_at, id)``."""
+    raw = f"{epoch_us(created_at)}|{conversation_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The ``(created_at, id)`` a cursor names.
+
+    Raises:
+        ValidationError: not a cursor this module made.
+    """
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 400:
+        raise ValidationError("invalid cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        stamp, conversation_id = raw.split("|", 1)
+        micros = int(stamp)
+        created_at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+        check_id(conversation_id, "cursor")
+    except (ValueError, binascii.Error, OverflowError, ValidationError) as exc:
+        raise ValidationError(f"invalid cursor {cursor[:40]!r}") from exc
+    return created_at, conversation_id
+
+
+# --------------------------------------------------------------------------- newest-N
+
+
+class TurnSpan(NamedTuple):
+    """What the newest-N rule needs to know of one turn."""
+
+    first_step: int
+    """The seq of the turn's first step (for a turn without steps: the seq it would have)."""
+    status: str
+
+
+def newest_start(
+    spans: Sequence[TurnSpan], *, step_count: int, newest: int, complete: bool
+) -> int | None:
+    """The seq of the first step ``load_steps(newest=N)`` returns.
+
+    The suffix starts at the latest clean boundary that still leaves at least
+    ``min(newest, step_count)`` steps: the first step of a turn whose preceding turn did not
+    end in ``requires_action`` (a ``function_call`` stays with its ``function_result``).
+
+    Args:
+        spans: the last ``len(spans)`` turns of the conversation, in seq order.
+        step_count: the conversation's step count.
+        newest: N.
+        complete: ``spans`` starts at the conversation's first turn.
+
+    Returns:
+        The first seq to load (``step_count + 1`` when nothing is wanted), or None when
+        ``spans`` does not reach back far enough: fetch more turns and call again.
+    """
+    want = min(newest, step_count)
+    if want <= 0:
+        return step_count + 1
+    for index in range(len(spans) - 1, -1, -1):
+        start = spans[index].first_step
+        if step_count - start + 1 < want:
+            continue
+        if index == 0:
+            return 1 if complete else None
+        if spans[index - 1].status != REQUIRES_ACTION:
+            return start
+    return 1 if complete else None
