@@ -761,3 +761,64 @@ class AppendResult(_Record):
 
     turn: TurnRecord
     created: bool
+
+
+class Turn(_Record):
+    """One turn as the caller sees it: the stored turn record plus its steps.
+
+    ``steps`` are the model's steps and ``input_steps`` the user's, both as wire JSON exactly
+    as stored. ``replayed`` is True when an idempotency key matched a turn stored earlier and
+    nothing was sent.
+    """
+
+    record: TurnRecord
+    input_steps: list[JSONObject]
+    steps: list[JSONObject]
+    replayed: bool = False
+
+    @property
+    def seq(self) -> int:
+        return self.record.seq
+
+    @property
+    def interaction_id(self) -> str | None:
+        return self.record.interaction_id
+
+    @property
+    def usage(self) -> JSONObject | None:
+        return self.record.usage
+
+    @property
+    def mode_used(self) -> ModeUsed:
+        return self.record.mode_used
+
+    @property
+    def reason(self) -> Reason:
+        return self.record.reason
+
+    @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def text(self) -> str:
+        """The trailing model text (not ``steps[-1]``: a thought or call may come last)."""
+        return output_text(self.steps)
+
+    @property
+    def function_calls(self) -> list[FunctionCallStep]:
+        """The function calls the model made in this turn (answer them with ``send``)."""
+        return [
+            FunctionCallStep.model_validate(s)
+            for s in self.steps
+            if s.get("type") == "function_call"
+        ]
+
+
+class DeleteReport(_Record):
+    """What ``delete`` did: whether the local conversation existed, and for ``remote=True``
+    which server-side interactions were deleted and which could not be (id -> error)."""
+
+    deleted: bool
+    remote_deleted: list[str] = Field(default_factory=list)
+    remote_failed: dict[str, str] = Field(default_factory=dict)

@@ -53,6 +53,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\basyncio\.sleep\b", "time.sleep"),
     (r"\basyncio\.Lock\b", "threading.Lock"),
     (r"\bimport asyncio\b", "import threading\nimport time"),
+    (r"\bopen_async_store\b", "open_store"),
     (r"\bAsync([A-Z]\w*)", r"\1"),
     (r"\basync_([a-z]\w*)", r"\1"),
     (r"\b_async_\b", "_sync_"),
