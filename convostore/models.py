@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     field_validator,
@@ -360,6 +361,20 @@ class Interaction(WireModel):
     usage: Usage | None = None
     previous_interaction_id: str | None = None
     continuation_token: str | None = None
+
+    _raw: JSONObject | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> Interaction:
+        """Parse an interaction the API sent, keeping the JSON object as :attr:`raw`."""
+        interaction = cls.model_validate(raw)
+        interaction._raw = dict(raw)
+        return interaction
+
+    @property
+    def raw(self) -> JSONObject:
+        """The JSON object this interaction was parsed from (its wire form if built otherwise)."""
+        return self._raw if self._raw is not None else to_wire(self)
 
     @property
     def output_text(self) -> str:
