@@ -32,6 +32,7 @@ __all__ = [
     "REQUIRES_ACTION",
     "TurnSpan",
     "check_commit",
+    "check_continues",
     "check_list",
     "check_load",
     "check_new_conversation",
@@ -43,6 +44,7 @@ __all__ = [
     "dumps",
     "encode_cursor",
     "epoch_us",
+    "is_purgeable",
     "loads",
     "newest_start",
 ]
@@ -219,6 +221,18 @@ def check_commit(commit: object) -> TurnCommit:
     return commit
 
 
+def check_continues(stored: ConversationRecord, commit: TurnCommit) -> None:
+    """Check, once the stored version matched, that the commit continues the stored counts."""
+    record = commit.record
+    if record.turn_count != stored.turn_count + 1 or record.step_count != stored.step_count + len(
+        commit.steps
+    ):
+        raise ValidationError(
+            f"commit for {record.id!r} does not continue the stored conversation "
+            f"(stored {stored.turn_count} turns / {stored.step_count} steps)"
+        )
+
+
 def check_update(record: object) -> ConversationRecord:
     """Check a record passed to ``update_conversation``."""
     rec = check_record(record)
@@ -268,6 +282,14 @@ def check_purge(now: object, older_than: object, tenant: object) -> datetime:
     if now is None:
         return datetime.now(UTC)
     return _check_aware(now, "now")
+
+
+def is_purgeable(record: ConversationRecord, *, now: datetime, older_than: datetime | None) -> bool:
+    """Whether ``purge`` deletes a conversation: expired at or before ``now``, or (when
+    ``older_than`` is given) last updated before it."""
+    if record.expires_at is not None and record.expires_at <= now:
+        return True
+    return older_than is not None and record.updated_at < older_than
 
 
 # --------------------------------------------------------------------------- cursors

@@ -1,0 +1,318 @@
+# Generated from convostore/_async by scripts/unasync.py. Do not edit.
+"""The in-process store: the reference implementation of the contract, for docs and tests.
+
+``memory://`` opens a new private store. ``memory://NAME`` opens the process-wide store named
+NAME: every store opened with that URL (in this flavour) sees the same conversations, so two
+``Conversations`` objects in one process can share history. Nothing survives the process.
+
+Everything is kept as JSON text, encoded on write and decoded on read, so a caller can never
+alias (and so mutate) stored data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .. import _store_rules as rules
+from .._exceptions import (
+    ConcurrentTurnError,
+    ConfigurationError,
+    ConversationExists,
+    ConversationNotFound,
+)
+from ..models import (
+    AppendResult,
+    ConversationRecord,
+    Page,
+    StoredStep,
+    TurnCommit,
+    TurnRecord,
+)
+
+# The fields append_turn / update_conversation may change; everything else is identity.
+_APPEND_FIELDS = (
+    "version",
+    "turn_count",
+    "step_count",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "last_turn_hash",
+    "updated_at",
+)
+_UPDATE_FIELDS = (
+    "mode",
+    "model",
+    "config",
+    "metadata",
+    "expires_at",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "updated_at",
+    "version",
+)
+
+
+@dataclass
+class _Conversation:
+    record: str
+    tenant: str
+    user: str | None
+    sort_key: tuple[int, str]
+    turns: list[str] = field(default_factory=list)
+    spans: list[rules.TurnSpan] = field(default_factory=list)
+    steps: list[tuple[int, str]] = field(default_factory=list)
+    keys: dict[str, int] = field(default_factory=dict)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # the sync twin gets a threading.Lock
+        self.conversations: dict[str, _Conversation] = {}
+
+
+_NAMED: dict[str, _State] = {}
+
+
+def _record(conv: _Conversation) -> ConversationRecord:
+    return ConversationRecord.model_validate_json(conv.record)
+
+
+def _turn(text: str) -> TurnRecord:
+    return TurnRecord.model_validate_json(text)
+
+
+def _merge(stored: ConversationRecord, new: ConversationRecord, names: Sequence[str]) -> str:
+    merged = stored.model_dump(mode="json")
+    merged.update(new.model_dump(mode="json", include=set(names)))
+    return rules.dumps(merged)
+
+
+class MemoryStore:
+    """An in-process store (see the module docstring for ``memory://NAME`` sharing)."""
+
+    def __init__(self, *, name: str | None = None, _state: _State | None = None) -> None:
+        self.url = f"memory://{name or ''}"
+        self._state = _state or _State()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryStore:
+        """``memory://`` (private) or ``memory://NAME`` (shared by name in this process)."""
+        if options:
+            raise ConfigurationError(f"memory store takes no options, got {sorted(options)}")
+        if not url.startswith("memory://"):
+            raise ConfigurationError(f"not a memory URL: {url!r}")
+        name = url[len("memory://") :].strip("/")
+        if not name:
+            return cls()
+        # Dict operations are atomic under the GIL; setdefault keeps one state per name.
+        state = _NAMED.setdefault(name, _State())
+        return cls(name=name, _state=state)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _get(self, conversation_id: str, tenant: str) -> _Conversation:
+        conv = self._state.conversations.get(conversation_id)
+        if conv is None or conv.tenant != tenant:
+            raise ConversationNotFound(conversation_id)
+        return conv
+
+    # ----------------------------------------------------------------- contract
+
+    def create_conversation(
+        self,
+        record: ConversationRecord,
+        *,
+        turns: Sequence[TurnRecord] = (),
+        steps: Sequence[StoredStep] = (),
+    ) -> ConversationRecord:
+        rules.check_new_conversation(record, turns, steps)
+        conv = _Conversation(
+            record=record.model_dump_json(),
+            tenant=record.tenant,
+            user=record.user,
+            sort_key=(rules.epoch_us(record.created_at), record.id),
+        )
+        conv.turns = [turn.model_dump_json() for turn in turns]
+        conv.steps = [(step.turn_seq, rules.dumps(step.payload)) for step in steps]
+        next_step = 1
+        for turn in turns:
+            while next_step <= len(steps) and steps[next_step - 1].turn_seq < turn.seq:
+                next_step += 1
+            conv.spans.append(rules.TurnSpan(next_step, turn.status))
+            if turn.idempotency_key is not None:
+                conv.keys[turn.idempotency_key] = turn.seq
+        with self._state.lock:
+            if record.id in self._state.conversations:
+                raise ConversationExists(record.id)
+            self._state.conversations[record.id] = conv
+        return _record(conv)
+
+    def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
+        rules.check_scope(conversation_id, tenant)
+        with self._state.lock:
+            return _record(self._get(conversation_id, tenant))
+
+    def append_turn(self, commit: TurnCommit) -> AppendResult:
+        rules.check_commit(commit)
+        new = commit.record
+        turn = commit.turn
+        turn_text = turn.model_dump_json()
+        step_rows = [(step.turn_seq, rules.dumps(step.payload)) for step in commit.steps]
+        with self._state.lock:
+            conv = self._get(new.id, new.tenant)
+            key = turn.idempotency_key
+            if key is not None and key in conv.keys:
+                return AppendResult(turn=_turn(conv.turns[conv.keys[key] - 1]), created=False)
+            stored = _record(conv)
+            if stored.version != commit.expected_version:
+                raise ConcurrentTurnError(
+                    new.id, expected_version=commit.expected_version, actual_version=stored.version
+                )
+            rules.check_continues(stored, commit)
+            conv.record = _merge(stored, new, _APPEND_FIELDS)
+            conv.turns.append(turn_text)
+            conv.spans.append(rules.TurnSpan(stored.step_count + 1, turn.status))
+            conv.steps.extend(step_rows)
+            if key is not None:
+                conv.keys[key] = turn.seq
+        return AppendResult(turn=_turn(turn_text), created=True)
+
+    def find_turn(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> TurnRecord | None:
+        rules.check_scope(conversation_id, tenant)
+        with self._state.lock:
+            conv = self._get(conversation_id, tenant)
+            seq = conv.keys.get(idempotency_key)
+            return None if seq is None else _turn(conv.turns[seq - 1])
+
+    def load_steps(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        newest: int | None = None,
+        turn: int | None = None,
+    ) -> list[StoredStep]:
+        rules.check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
+        with self._state.lock:
+            conv = self._get(conversation_id, tenant)
+            count = len(conv.steps)
+            start = after_seq + 1
+            stop = count + 1
+            if newest is not None:
+                first = rules.newest_start(conv.spans, step_count=count, newest=newest, complete=True)
+                start = max(start, first or 1)
+            if turn is not None:
+                if turn > len(conv.spans):
+                    return []
+                start = max(start, conv.spans[turn - 1].first_step)
+                if turn < len(conv.spans):
+                    stop = conv.spans[turn].first_step
+            rows = conv.steps[start - 1 : stop - 1]
+        out = []
+        for seq, (turn_seq, text) in enumerate(rows, start=start):
+            payload = rules.loads(text, "stored step")
+            out.append(
+                StoredStep.model_construct(
+                    conversation_id=conversation_id,
+                    seq=seq,
+                    turn_seq=turn_seq,
+                    type=payload["type"],
+                    payload=payload,
+                )
+            )
+        return out
+
+    def load_turns(
+        self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[TurnRecord]:
+        rules.check_load(conversation_id, tenant, after_seq=after_seq, limit=limit)
+        with self._state.lock:
+            conv = self._get(conversation_id, tenant)
+            stop = None if limit is None else after_seq + limit
+            texts = conv.turns[after_seq:stop]
+        return [_turn(text) for text in texts]
+
+    def list_conversations(
+        self,
+        *,
+        tenant: str | None,
+        user: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        rules.check_list(tenant, user, limit, cursor)
+        after: tuple[int, str] | None = None
+        if cursor is not None:
+            created_at, last_id = rules.decode_cursor(cursor)
+            after = (rules.epoch_us(created_at), last_id)
+        with self._state.lock:
+            found = [
+                conv
+                for conv in self._state.conversations.values()
+                if (tenant is None or conv.tenant == tenant)
+                and (user is None or conv.user == user)
+                and (after is None or conv.sort_key < after)
+            ]
+            found.sort(key=lambda conv: conv.sort_key, reverse=True)
+            items = [_record(conv) for conv in found[: limit + 1]]
+        next_cursor = None
+        if len(items) > limit:
+            items = items[:limit]
+            next_cursor = rules.encode_cursor(items[-1].created_at, items[-1].id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    def update_conversation(self, record: ConversationRecord) -> ConversationRecord:
+        rules.check_update(record)
+        with self._state.lock:
+            conv = self._get(record.id, record.tenant)
+            stored = _record(conv)
+            if stored.version != record.version - 1:
+                raise ConcurrentTurnError(
+                    record.id, expected_version=record.version - 1, actual_version=stored.version
+                )
+            conv.record = _merge(stored, record, _UPDATE_FIELDS)
+            return _record(conv)
+
+    def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
+        rules.check_scope(conversation_id, tenant)
+        with self._state.lock:
+            conv = self._state.conversations.get(conversation_id)
+            if conv is None or conv.tenant != tenant:
+                return False
+            del self._state.conversations[conversation_id]
+            return True
+
+    def purge(
+        self,
+        *,
+        now: datetime | None = None,
+        older_than: datetime | None = None,
+        tenant: str | None = None,
+        dry_run: bool = False,
+    ) -> list[ConversationRecord]:
+        moment = rules.check_purge(now, older_than, tenant)
+        with self._state.lock:
+            doomed = []
+            for conv in self._state.conversations.values():
+                if tenant is not None and conv.tenant != tenant:
+                    continue
+                record = _record(conv)
+                if rules.is_purgeable(record, now=moment, older_than=older_than):
+                    doomed.append(record)
+            if not dry_run:
+                for record in doomed:
+                    del self._state.conversations[record.id]
+        return doomed
+
+    def close(self) -> None:
+        """Nothing to release; a named store keeps its data for the next opener."""
