@@ -326,3 +326,42 @@ def commit_turn(
 def stored_on_server(turn: TurnRecord) -> bool:
     """Whether the service kept this turn's interaction (everything but ``store: false``)."""
     return turn.interaction_id is not None and turn.reason != Reason.STATELESS_MODE
+
+
+def fork_record(
+    record: ConversationRecord,
+    turns: Sequence[TurnRecord],
+    step_count: int,
+    *,
+    new_id: str,
+    now: datetime,
+) -> ConversationRecord:
+    """The record of a fork holding ``turns`` (a prefix of ``record``'s turns).
+
+    Its head is the last copied turn's interaction when the server stored it, so the fork's
+    first request chains from there; otherwise the fork replays (``no_server_head``).
+    """
+    head = turns[-1] if turns else None
+    stored = head is not None and stored_on_server(head)
+    return ConversationRecord(
+        id=new_id,
+        tenant=record.tenant,
+        user=record.user,
+        mode=record.mode,
+        model=record.model,
+        config=record.config,
+        head_interaction_id=head.interaction_id if stored and head else None,
+        head_created_at=head.created_at if stored and head else None,
+        head_model=head.model if stored and head else None,
+        version=0,
+        turn_count=len(turns),
+        step_count=step_count,
+        last_turn_hash=head.audit_hash if head else None,
+        metadata={
+            **record.metadata,
+            "forked_from": {"conversation_id": record.id, "turn": len(turns)},
+        },
+        created_at=now,
+        updated_at=now,
+        expires_at=record.expires_at,
+    )
