@@ -1,0 +1,483 @@
+"""The ASGI app: routes, validation, unary and SSE responses, faults.
+
+Routes (any version segment, any path prefix before it; unknown query params ignored):
+``POST /{ver}/interactions``, ``GET|DELETE /{ver}/interactions/{id}``,
+``POST /{ver}/interactions/{id}/cancel``.
+
+``cancel`` on a background interaction still running answers it with status ``cancelled``;
+on any other interaction it answers ``400 failed_precondition``. A background create that also
+asks for ``stream`` answers the ``in_progress`` interaction as JSON (stream it with
+``GET ?stream=true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ._model import InputError, generate, normalize_input, validate_context
+from ._state import (
+    EmulatorSettings,
+    EmulatorState,
+    RecordedRequest,
+    StoredInteraction,
+    StreamFault,
+    isoformat,
+    new_interaction_id,
+)
+
+__all__ = ["create_app"]
+
+_ROUTE = re.compile(r"^(?:/.*)?/[^/]+/interactions(?:/(?P<id>[^/]+)(?P<cancel>/cancel)?)?/?$")
+_CREATE_FIELDS = frozenset(
+    {
+        "model",
+        "agent",
+        "input",
+        "system_instruction",
+        "generation_config",
+        "tools",
+        "previous_interaction_id",
+        "store",
+        "stream",
+        "background",
+        "response_format",
+        "response_mime_type",
+        "response_modalities",
+        "safety_settings",
+        "service_tier",
+        "continuation_token",
+        "labels",
+        "webhook_config",
+        "environment",
+        "cached_content",
+        "agent_config",
+    }
+)
+# Interaction-scoped: kept on the stored interaction, never inherited through a chain.
+_CONFIG_FIELDS = _CREATE_FIELDS - {
+    "model",
+    "agent",
+    "input",
+    "previous_interaction_id",
+    "store",
+    "stream",
+    "background",
+}
+_STATUS_CODES = {
+    400: "invalid_request",
+    401: "authentication",
+    403: "permission_denied",
+    404: "not_found",
+    409: "aborted",
+    429: "rate_limit_exceeded",
+    500: "api_error",
+    503: "unavailable",
+    504: "deadline_exceeded",
+}
+_BACKGROUND_TASKS: set[asyncio.Task[None]] = set()
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _DroppedResponseFilter(logging.Filter):
+    """``cut_stream`` drops connections on purpose; uvicorn would log each as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_DroppedResponseFilter())
+
+
+def default_code(status: int) -> str:
+    """The Interactions API string code for an HTTP status."""
+    return _STATUS_CODES.get(status, "api_error" if status >= 500 else "invalid_request")
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    data = json.dumps(event, ensure_ascii=False)
+    return f"event: {event['event_type']}\nid: {event['event_id']}\ndata: {data}\n\n".encode()
+
+
+class _EventStream(Response):
+    """``text/event-stream`` of prepared events, optionally cut or ended by an error event."""
+
+    def __init__(self, events: list[dict[str, Any]], fault: StreamFault | None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        self.events = events
+        self.fault = fault
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        fault = self.fault
+        for position, event in enumerate(self.events):
+            if fault is not None and position == fault.after_events:
+                if fault.code is None:
+                    return  # leave the response incomplete: the server drops the connection
+                error = {
+                    "event_type": "error",
+                    "event_id": str(event["event_id"]),
+                    "error": {"code": fault.code, "message": fault.message},
+                }
+                await send({"type": "http.response.body", "body": _frame(error), "more_body": True})
+                break
+            await send({"type": "http.response.body", "body": _frame(event), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _interaction_body(
+    rec: StoredInteraction, steps: list[dict[str, Any]] | None, *, include_input: bool = False
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": rec.id, "object": "interaction", "status": rec.status}
+    for key, value in (("model", rec.model), ("agent", rec.agent)):
+        if value is not None:
+            body[key] = value
+    body["created"], body["updated"] = isoformat(rec.created), isoformat(rec.updated)
+    if rec.previous_interaction_id:
+        body["previous_interaction_id"] = rec.previous_interaction_id
+    if steps is not None:
+        body["steps"] = copy.deepcopy(steps)
+    if rec.status != "in_progress":
+        body["usage"] = dict(rec.usage)
+    if include_input:
+        body["input"] = copy.deepcopy(rec.raw_input)
+    return body
+
+
+def _chunks(text: str, words: int = 3) -> list[str]:
+    pieces = re.findall(r"\s*\S+", text)
+    return ["".join(pieces[i : i + words]) for i in range(0, len(pieces), words)] or [text]
+
+
+def _step_events(index: int, step: dict[str, Any]) -> list[dict[str, Any]]:
+    kind = step.get("type")
+    deltas: list[dict[str, Any]] = []
+    if kind == "model_output":
+        start: dict[str, Any] = {"type": "model_output"}
+        for part in step.get("content", []):
+            if part.get("type") == "text":
+                deltas += [{"type": "text", "text": t} for t in _chunks(part["text"])]
+    elif kind == "thought":
+        start = {"type": "thought"}
+        deltas += [{"type": "thought_summary", "content": c} for c in step.get("summary", [])]
+        deltas.append({"type": "thought_signature", "signature": step.get("signature")})
+    elif kind == "function_call":
+        start = {**step, "arguments": {}}
+        encoded = json.dumps(step.get("arguments", {}))
+        deltas += [
+            {"type": "arguments_delta", "arguments": encoded[i : i + 16]}
+            for i in range(0, len(encoded), 16)
+        ]
+    else:
+        start = step
+    return [
+        {"event_type": "step.start", "index": index, "step": start},
+        *({"event_type": "step.delta", "index": index, "delta": d} for d in deltas),
+        {"event_type": "step.stop", "index": index},
+    ]
+
+
+def _events(rec: StoredInteraction) -> list[dict[str, Any]]:
+    head = _interaction_body(rec, None)
+    head["status"] = "in_progress"
+    head.pop("usage", None)
+    events: list[dict[str, Any]] = [{"event_type": "interaction.created", "interaction": head}]
+    for index, step in enumerate(rec.output_steps):
+        events += _step_events(index, step)
+    events.append(
+        {
+            "event_type": "interaction.completed",
+            "interaction": _interaction_body(rec, rec.output_steps),
+        }
+    )
+    for number, event in enumerate(events):
+        event["event_id"] = str(number)
+    return events
+
+
+def _check_create_body(body: Any, settings: EmulatorSettings) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _Reject(400, "invalid_request", "request body must be a JSON object")
+    unknown = sorted(set(body) - _CREATE_FIELDS)
+    if unknown and settings.reject_unknown_fields:
+        raise _Reject(400, "parameter_unknown", f"Unknown name(s): {', '.join(unknown)}")
+    if not isinstance(body.get("model"), str) and not isinstance(body.get("agent"), str):
+        raise _Reject(400, "invalid_request", "one of 'model' or 'agent' is required")
+    if "model" in body and "agent" in body:
+        raise _Reject(400, "invalid_request", "'model' and 'agent' cannot both be set")
+    for key in ("store", "stream", "background"):
+        if key in body and not isinstance(body[key], bool):
+            raise _Reject(400, "invalid_request", f"'{key}' must be a boolean")
+    for key in ("previous_interaction_id", "system_instruction"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise _Reject(400, "invalid_request", f"'{key}' must be a string")
+    if "tools" in body and not isinstance(body["tools"], list):
+        raise _Reject(400, "invalid_request", "'tools' must be a list")
+    if body.get("background") and body.get("store") is False:
+        raise _Reject(400, "invalid_request", "'background' requires 'store' (store=false given)")
+    return body
+
+
+def _resolve_chain(state: EmulatorState, previous: str | None) -> list[dict[str, Any]]:
+    chain: list[list[dict[str, Any]]] = []
+    seen: set[str] = set()
+    current = previous
+    while current and current not in seen:
+        seen.add(current)
+        rec = state.live(current)
+        if rec is None:
+            raise _Reject(404, "not_found", f"Interaction {current} not found")
+        chain.append([*rec.input_steps, *rec.output_steps])
+        current = rec.previous_interaction_id
+    return copy.deepcopy([step for turn in reversed(chain) for step in turn])
+
+
+async def _complete_later(state: EmulatorState, rec: StoredInteraction, result: Any) -> None:
+    await asyncio.sleep(state.settings.background_seconds)
+    with state.lock:
+        if rec.status == "in_progress":
+            rec.output_steps, rec.status, rec.usage = result.steps, result.status, result.usage
+            rec.updated = time.time()
+            rec.events = _events(rec)
+
+
+async def _create(state: EmulatorState, raw: Any) -> Response:
+    with state.lock:
+        settings = copy.copy(state.settings)
+    body = _check_create_body(raw, settings)
+    try:
+        steps = normalize_input(body.get("input"))
+    except InputError as exc:
+        raise _Reject(400, "invalid_request", str(exc)) from exc
+    with state.lock:
+        chain = _resolve_chain(state, body.get("previous_interaction_id"))
+    try:
+        validate_context(chain, steps)
+    except InputError as exc:
+        raise _Reject(400, "invalid_request", str(exc)) from exc
+    result = generate(
+        chain,
+        steps,
+        system_instruction=body.get("system_instruction"),
+        tools=body.get("tools"),
+        response_format=body.get("response_format"),
+    )
+    now = time.time()
+    rec = StoredInteraction(
+        id=new_interaction_id(),
+        model=body.get("model"),
+        agent=body.get("agent"),
+        created=now,
+        updated=now,
+        status=result.status,
+        raw_input=copy.deepcopy(body.get("input")),
+        input_steps=copy.deepcopy(steps),
+        output_steps=result.steps,
+        config={k: copy.deepcopy(v) for k, v in body.items() if k in _CONFIG_FIELDS},
+        previous_interaction_id=body.get("previous_interaction_id"),
+        usage=result.usage,
+        background=bool(body.get("background")),
+    )
+    if rec.background:
+        rec.status, rec.output_steps, rec.usage = "in_progress", [], {}
+        task = asyncio.get_running_loop().create_task(_complete_later(state, rec, result))
+        _BACKGROUND_TASKS.add(task)
+        task.add_done_callback(_BACKGROUND_TASKS.discard)
+    else:
+        rec.events = _events(rec)
+    with state.lock:
+        if body.get("store", True):
+            state.interactions[rec.id] = rec
+        stream_fault = state.take_stream_fault() if body.get("stream") else None
+        response_steps = copy.deepcopy(rec.output_steps)
+        if settings.echo_user_input:
+            response_steps = [s for s in rec.input_steps if s.get("type") == "user_input"] + (
+                response_steps
+            )
+        payload = _interaction_body(rec, response_steps)
+    if body.get("stream") and not rec.background:
+        return _EventStream(rec.events, stream_fault)
+    return JSONResponse(payload)
+
+
+async def _wait_finished(state: EmulatorState, interaction_id: str) -> StoredInteraction:
+    while True:
+        with state.lock:
+            rec = state.live(interaction_id)
+            if rec is None:
+                raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
+            if rec.status != "in_progress":
+                return rec
+        await asyncio.sleep(0.01)
+
+
+async def _get(state: EmulatorState, interaction_id: str, query: dict[str, str]) -> Response:
+    if query.get("stream", "").lower() == "true":
+        rec = await _wait_finished(state, interaction_id)
+        after = query.get("last_event_id")
+        with state.lock:
+            events = copy.deepcopy(rec.events)
+            fault = state.take_stream_fault()
+        if after is not None:
+            if not after.lstrip("-").isdigit():
+                raise _Reject(400, "invalid_request", "last_event_id must be an event id")
+            events = [e for e in events if int(e["event_id"]) > int(after)]
+        return _EventStream(events, fault)
+    with state.lock:
+        found = state.live(interaction_id)
+        if found is None:
+            raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
+        include = query.get("include_input", "").lower() == "true"
+        steps = [*found.input_steps, *found.output_steps]
+        return JSONResponse(_interaction_body(found, steps, include_input=include))
+
+
+def _delete(state: EmulatorState, interaction_id: str) -> Response:
+    with state.lock:
+        if state.live(interaction_id) is None:
+            raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
+        del state.interactions[interaction_id]
+    return JSONResponse({})
+
+
+def _cancel(state: EmulatorState, interaction_id: str) -> Response:
+    with state.lock:
+        rec = state.live(interaction_id)
+        if rec is None:
+            raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
+        if not (rec.background and rec.status == "in_progress"):
+            raise _Reject(
+                400,
+                "failed_precondition",
+                f"Interaction {interaction_id} is not a running background interaction",
+            )
+        rec.status, rec.updated = "cancelled", time.time()
+        rec.events = _events(rec)
+        return JSONResponse(_interaction_body(rec, []))
+
+
+def _has_key(request: Request) -> bool:
+    auth = request.headers.get("authorization", "")
+    return bool(
+        request.headers.get("x-goog-api-key")
+        or (auth.lower().startswith("bearer ") and auth[7:].strip())
+        or request.query_params.get("key")
+    )
+
+
+async def _dispatch(state: EmulatorState, request: Request, body: Any) -> Response:
+    match = _ROUTE.match(request.url.path)
+    if match is None:
+        raise _Reject(404, "not_found", f"No route for {request.url.path}")
+    method, interaction_id = request.method, match.group("id")
+    query = dict(request.query_params)
+    if interaction_id is None:
+        if method == "POST":
+            return await _create(state, body)
+    elif match.group("cancel"):
+        if method == "POST":
+            return _cancel(state, interaction_id)
+    elif method == "GET":
+        return await _get(state, interaction_id, query)
+    elif method == "DELETE":
+        return _delete(state, interaction_id)
+    raise _Reject(405, "invalid_request", f"{method} is not allowed on {request.url.path}")
+
+
+def _handler(state: EmulatorState) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        raw = await request.body()
+        body: Any = None
+        bad_json = False
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body, bad_json = raw.decode("utf-8", "replace"), True
+        recorded = RecordedRequest(
+            method=request.method,
+            path=request.url.path,
+            query=dict(request.query_params),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+        )
+        with state.lock:
+            state.requests.append(recorded)
+            pause = state.take_delay()
+            fault = state.take_fault(request.method)
+            require_key = state.settings.require_api_key
+        if pause:
+            await asyncio.sleep(pause)
+        if fault is not None:
+            headers: dict[str, str] = {}
+            if fault.retry_after is not None:
+                headers["retry-after"] = f"{fault.retry_after:g}"
+            if fault.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(fault.retry_after_ms)
+            return _error(fault.status, fault.code, "injected fault", headers)
+        if require_key and not _has_key(request):
+            return _error(401, "authentication", "API key missing: send x-goog-api-key")
+        try:
+            if bad_json:
+                raise _Reject(400, "invalid_request", "request body is not valid JSON")
+            return await _dispatch(state, request, body)
+        except _Reject as exc:
+            return _error(exc.status, exc.code, exc.message)
+
+    return handle
+
+
+def create_app(
+    state: EmulatorState | None = None,
+    **options: Any,
+) -> Starlette:
+    """The emulator as a Starlette app, for in-process use (e.g. ``httpx.ASGITransport``).
+
+    Args:
+        state: shared state (a new one when omitted).
+        **options: ``retention``, ``require_api_key``, ``echo_user_input``,
+            ``reject_unknown_fields`` as for :class:`~convostore.emulator.Emulator`; only used
+            when ``state`` is omitted.
+    """
+    if state is None:
+        from ._server import settings_from_options
+
+        state = EmulatorState(settings_from_options(**options))
+    elif options:
+        raise TypeError("pass options either through state or as keywords, not both")
+    handle = _handler(state)
+    methods = ["GET", "POST", "DELETE", "PUT", "PATCH"]
+    app = Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
+    app.state.emulator = state
+    return app
