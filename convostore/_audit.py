@@ -8,6 +8,7 @@ seq breaks the chain from that turn on; :func:`verify` reports the first break o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -73,7 +74,7 @@ def verify(turns: Sequence[TurnRecord], steps: Sequence[StoredStep]) -> list[str
     orphans = sorted(set(by_turn) - known)
     if orphans:
         problems.append(f"steps belong to missing turn(s) {orphans[:5]}")
-    for before, turn in zip(turns, turns[1:], strict=False):
+    for before, turn in itertools.pairwise(turns):
         if turn.mode_used == "server" and turn.previous_interaction_id != before.interaction_id:
             problems.append(
                 f"turn {turn.seq} chains from {turn.previous_interaction_id!r}, "
