@@ -1,0 +1,337 @@
+"""SQL schema and dialect helpers shared by the sync and asyncio SQL stores.
+
+The tables here describe the schema Alembic creates (``migrations/versions``); a test checks
+that autogenerate finds no difference between the two on every dialect. Nothing here opens a
+connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import URL, Dialect, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
+
+from ._exceptions import (
+    ConfigurationError,
+    SchemaError,
+    StoreError,
+    StoreUnavailable,
+    ValidationError,
+)
+from ._urls import redact
+
+__all__ = [
+    "conversations",
+    "install_sqlite_hooks",
+    "jsonb_safe",
+    "metadata",
+    "normalize_url",
+    "steps",
+    "translate_errors",
+    "turns",
+]
+
+# --------------------------------------------------------------------------- column types
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out. SQLite and MySQL keep no zone, so values are stored as
+    naive UTC there and get their zone back on read; MySQL needs ``fsp=6`` to keep the
+    microseconds that listing order and cursors rely on."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "mysql":
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # a SQLite row written by another tool
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _id() -> sa.types.TypeEngine[str]:
+    # ids are ASCII (models.check_id): on MySQL an ascii column keeps composite indexes far
+    # under the 3072-byte key limit. Binary collations everywhere make ids case-sensitive and
+    # order them bytewise, so listing ties break the same way on every backend.
+    return (
+        sa.String(200)
+        .with_variant(postgresql.VARCHAR(200, collation="C"), "postgresql")
+        .with_variant(mysql.VARCHAR(200, charset="ascii", collation="ascii_bin"), "mysql")
+    )
+
+
+def _json() -> sa.types.TypeEngine[Any]:
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+_KEY = sa.String(200).with_variant(
+    mysql.VARCHAR(200, charset="utf8mb4", collation="utf8mb4_bin"), "mysql"
+)
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("tenant", _id(), nullable=False),
+    sa.Column("user", _id(), nullable=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("model", sa.Text(), nullable=False),
+    sa.Column("config", _json(), nullable=False),
+    sa.Column("head_interaction_id", sa.Text(), nullable=True),
+    sa.Column("head_created_at", UTCDateTime(), nullable=True),
+    sa.Column("head_model", sa.Text(), nullable=True),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("turn_count", sa.Integer(), nullable=False),
+    sa.Column("step_count", sa.Integer(), nullable=False),
+    sa.Column("last_turn_hash", sa.Text(), nullable=True),
+    sa.Column("metadata", _json(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "tenant", "created_at", "id"),
+    sa.Index(None, "tenant", "user", "created_at", "id"),
+    sa.Index(None, "created_at", "id"),
+    sa.Index(None, "expires_at"),
+    sa.Index(None, "updated_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+turns = sa.Table(
+    "turns",
+    metadata,
+    sa.Column(
+        "conversation_id",
+        _id(),
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("interaction_id", sa.Text(), nullable=True),
+    sa.Column("previous_interaction_id", sa.Text(), nullable=True),
+    sa.Column("model", sa.Text(), nullable=True),
+    sa.Column("mode_used", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False),
+    sa.Column("usage", _json(), nullable=True),
+    sa.Column("idempotency_key", _KEY, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("audit_hash", sa.Text(), nullable=True),
+    # NULL keys never collide (SQL unique semantics on all three dialects)
+    sa.UniqueConstraint("conversation_id", "idempotency_key"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column(
+        "conversation_id",
+        _id(),
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("turn_seq", sa.Integer(), nullable=False),
+    sa.Column("type", sa.Text(), nullable=False),
+    sa.Column("payload", _json(), nullable=True),
+    # JSON text of a payload that JSONB cannot hold losslessly; ``payload`` is NULL then
+    sa.Column("payload_text", sa.Text(), nullable=True),
+    sa.Index(None, "conversation_id", "turn_seq"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# --------------------------------------------------------------------------- JSONB safety
+
+# JSONB rejects U+0000 in strings, and stores numbers as ``numeric``: a float written with an
+# exponent (1e+16) or negative zero comes back as an int or as 0. Both would break the
+# verbatim round trip, so such payloads go to ``payload_text`` instead.
+_MAYBE_UNSAFE = re.compile(r"[0-9][eE]|-0")
+
+
+def jsonb_safe(value: Any, text: str) -> bool:
+    """Whether JSONB keeps ``value`` (whose JSON is ``text``) exactly."""
+    if "\\u0000" in text:
+        return False
+    if not _MAYBE_UNSAFE.search(text):
+        return True
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and ("e" in repr(item) or repr(item) == "-0.0"):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- URLs and engines
+
+_SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg", "mysql": "pymysql"}
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "psycopg", "mysql": "aiomysql"}
+_BACKENDS = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+_BACKENDS.update({"mysql": "mysql", "mariadb": "mysql"})
+
+
+def normalize_url(url: str, *, is_async: bool) -> URL:
+    """The SQLAlchemy URL for a store URL, with the driver convostore uses for the flavour.
+
+    ``postgres://``, ``postgresql://``, ``mysql://``, ``mariadb://`` and any ``+driver``
+    suffix are accepted; the driver is replaced by the one the flavour needs.
+
+    Raises:
+        ConfigurationError: not a SQL URL this store supports.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a SQL URL: {redact(url)!r}") from exc
+    backend = _BACKENDS.get(parsed.get_backend_name())
+    if backend is None:
+        raise ConfigurationError(f"unsupported SQL URL scheme in {redact(url)!r}")
+    driver = (_ASYNC_DRIVERS if is_async else _SYNC_DRIVERS)[backend]
+    parsed = parsed.set(drivername=f"{backend}+{driver}")
+    if backend == "mysql" and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def engine_options(url: URL) -> dict[str, Any]:
+    """``create_engine`` keyword arguments for a normalised URL."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        options: dict[str, Any] = {"connect_args": {"timeout": 30.0}}
+        if is_memory_sqlite(url):
+            options["poolclass"] = sa.StaticPool
+            options["connect_args"]["check_same_thread"] = False
+        return options
+    options = {"pool_pre_ping": True}
+    if backend == "mysql":
+        # An append re-reads the idempotency key after a lost version race; under
+        # REPEATABLE READ that read would see the transaction's old snapshot.
+        options["isolation_level"] = "READ COMMITTED"
+    return options
+
+
+def install_sqlite_hooks(engine: Engine) -> None:
+    """Take over SQLite transaction control (SQLAlchemy's documented recipe).
+
+    pysqlite and aiosqlite otherwise begin transactions lazily, so two processes that read
+    then write deadlock into ``database is locked``. With the driver in autocommit mode we
+    emit ``BEGIN`` ourselves: ``BEGIN IMMEDIATE`` when the connection carries the
+    ``convostore_write`` execution option, so a writer waits (busy_timeout) for the write
+    lock up front instead of failing half way.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get("convostore_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Translate driver errors into the store's error tree, chained to the original."""
+    try:
+        yield
+    except (OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError) as exc:
+        if isinstance(exc, OperationalError) and _missing_table(exc):
+            raise schema_error(url, "missing") from exc
+        raise StoreUnavailable(f"{url}: {_first_line(exc)}") from exc
+    except ProgrammingError as exc:
+        if _missing_table(exc):
+            raise schema_error(url, "missing") from exc
+        raise StoreError(f"{url}: {_first_line(exc)}") from exc
+    except DataError as exc:
+        raise ValidationError(f"{url} refused the value: {_first_line(exc)}") from exc
+    except IntegrityError as exc:
+        raise StoreError(f"{url}: integrity error: {_first_line(exc)}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"{url}: {_first_line(exc)}") from exc
+        raise StoreError(f"{url}: {_first_line(exc)}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{url}: {_first_line(exc)}") from exc
+    except OSError as exc:
+        raise StoreUnavailable(f"{url}: {exc}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _missing_table(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return (
+        "no such table" in text  # SQLite
+        or ("relation" in text and "does not exist" in text)  # PostgreSQL
+        or ("table" in text and "doesn't exist" in text)  # MySQL/MariaDB
+    )
+
+
+def schema_error(url: str, state: str) -> SchemaError:
+    """The error for a database whose schema is missing or behind; names the fix."""
+    return SchemaError(
+        f"the convostore schema of {url} is {state}; run: convostore db upgrade {url}"
+    )
