@@ -39,6 +39,9 @@ def _factory(url: str, flavour: str) -> Any:
         raise ConfigurationError(
             f"{redact(url)} needs the {exc.name!r} driver: pip install 'convostore[{extra}]'"
         ) from exc
+    # async classes carry the Async prefix (AsyncMemoryStore); the generated twin does not
+    if flavour == "_async" and hasattr(module, f"Async{class_name}"):
+        return getattr(module, f"Async{class_name}")
     return getattr(module, class_name)
 
 
