@@ -1,0 +1,212 @@
+"""Rebuild complete steps and the final interaction from stream events (no I/O).
+
+The rules are those of ``interactions-api.md`` §8.4:
+
+- ``step.start`` copies the step skeleton at its ``index``;
+- ``step.delta``: ``text`` appends to the last text part of ``content`` (a new part when the last
+  part is not text); ``thought_summary`` appends its ``content`` to ``summary``;
+  ``thought_signature`` sets ``signature``; ``arguments_delta`` strings are concatenated and
+  parsed as JSON into ``arguments`` at ``step.stop`` (or at completion); media deltas
+  (``image``/``audio``/``video``/``document``) append a content part (to ``summary`` on a
+  ``thought`` step); ``text_annotation_delta`` extends the ``annotations`` of the last text part;
+  ``function_result`` sets ``result`` (and ``name``/``is_error`` when given);
+- a delta of any other type whose ``type`` names the step's own type (the tool-call and
+  tool-result deltas) has its keys merged into the step; any other unknown delta leaves the step
+  as it is and is kept, in arrival order, on :attr:`StreamAccumulator.unknown_deltas` as
+  ``(index, delta)`` so nothing the server sent is lost silently;
+- ``interaction.created`` / ``interaction.status_update`` / ``interaction.completed`` give the
+  id, status, usage and the other interaction fields.
+
+When ``interaction.completed`` carries ``interaction.steps``, those steps are taken verbatim and
+the rebuilt ones are discarded: the server's own final record is authoritative, the deltas are
+only a reconstruction of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._exceptions import StreamError
+from .models import Interaction, JSONObject, to_wire
+
+__all__ = ["StreamAccumulator"]
+
+_MEDIA_DELTAS = frozenset({"image", "audio", "video", "document"})
+_THOUGHT_DELTAS = frozenset({"thought_summary", "thought_signature"})
+
+
+class StreamAccumulator:
+    """Feed it every event of one stream with :meth:`add`; read the result at the end.
+
+    Events may be given as parsed models (``convostore.models.parse_event``) or as the raw
+    ``data`` dicts. Payloads are copied, never mutated.
+    """
+
+    def __init__(self) -> None:
+        self._interaction: JSONObject = {}
+        self._steps: dict[int, JSONObject] = {}
+        self._arguments: dict[int, str] = {}
+        self._final_steps: list[JSONObject] | None = None
+        self.unknown_deltas: list[tuple[int, JSONObject]] = []
+        self.error: JSONObject | None = None
+        self.completed = False
+
+    # ------------------------------------------------------------------ input
+
+    def add(self, event: BaseModel | Mapping[str, Any]) -> None:
+        """Apply one event.
+
+        Raises:
+            StreamError: an ``arguments_delta`` stream that does not parse as a JSON object.
+        """
+        data = to_wire(event) if isinstance(event, BaseModel) else dict(event)
+        kind = data.get("event_type")
+        if kind in ("interaction.created", "interaction.completed"):
+            self._merge_interaction(data.get("interaction"))
+            if kind == "interaction.completed":
+                self._finish_all()
+                self.completed = True
+        elif kind == "interaction.status_update":
+            update: dict[str, Any] = {
+                k: data[k] for k in ("status", "usage", "continuation_token") if k in data
+            }
+            if "interaction_id" in data:
+                update["id"] = data["interaction_id"]
+            self._merge_interaction(update)
+        elif kind == "step.start":
+            index = _index(data)
+            step = data.get("step")
+            self._steps[index] = copy.deepcopy(dict(step)) if isinstance(step, Mapping) else {}
+        elif kind == "step.delta":
+            delta = data.get("delta")
+            if isinstance(delta, Mapping):
+                self._apply_delta(_index(data), copy.deepcopy(dict(delta)))
+        elif kind == "step.stop":
+            self._finish(_index(data))
+        elif kind == "error":
+            error = data.get("error")
+            self.error = dict(error) if isinstance(error, Mapping) else {}
+
+    # ------------------------------------------------------------------ output
+
+    @property
+    def interaction_id(self) -> str | None:
+        value = self._interaction.get("id")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def status(self) -> str | None:
+        value = self._interaction.get("status")
+        return value if isinstance(value, str) else None
+
+    @property
+    def steps(self) -> list[JSONObject]:
+        """The steps so far, in index order (the server's own list once it has sent one)."""
+        if self._final_steps is not None:
+            return copy.deepcopy(self._final_steps)
+        return [copy.deepcopy(self._steps[i]) for i in sorted(self._steps)]
+
+    def raw_interaction(self) -> JSONObject:
+        """The interaction as a wire dict: the fields of the interaction events plus ``steps``."""
+        raw = copy.deepcopy(self._interaction)
+        raw.setdefault("status", "in_progress")
+        raw["steps"] = self.steps
+        return raw
+
+    def interaction(self) -> Interaction:
+        """The assembled :class:`~convostore.models.Interaction` (raw steps)."""
+        return Interaction.from_raw(self.raw_interaction())
+
+    # ------------------------------------------------------------------ rules
+
+    def _merge_interaction(self, payload: object) -> None:
+        if not isinstance(payload, Mapping):
+            return
+        for key, value in payload.items():
+            if key == "steps":
+                if isinstance(value, list):
+                    self._final_steps = copy.deepcopy(value)
+            elif value is not None:
+                self._interaction[key] = copy.deepcopy(value)
+
+    def _step(self, index: int, delta_type: str) -> JSONObject:
+        step = self._steps.get(index)
+        if step is None:
+            # A delta without its step.start: infer the skeleton from the delta rather than drop it.
+            if delta_type in _THOUGHT_DELTAS:
+                kind = "thought"
+            elif delta_type == "arguments_delta":
+                kind = "function_call"
+            elif delta_type == "function_result":
+                kind = "function_result"
+            else:
+                kind = "model_output"
+            step = self._steps[index] = {"type": kind}
+        return step
+
+    def _apply_delta(self, index: int, delta: JSONObject) -> None:
+        delta_type = str(delta.get("type", ""))
+        step = self._step(index, delta_type)
+        if delta_type == "text":
+            part = _last_text_part(step)
+            part["text"] = str(part.get("text", "")) + str(delta.get("text", ""))
+        elif delta_type == "thought_summary":
+            content = delta.get("content")
+            if content is not None:
+                step.setdefault("summary", []).append(content)
+        elif delta_type == "thought_signature":
+            step["signature"] = delta.get("signature")
+        elif delta_type == "arguments_delta":
+            self._arguments[index] = self._arguments.get(index, "") + str(
+                delta.get("arguments", "")
+            )
+        elif delta_type == "text_annotation_delta":
+            part = _last_text_part(step)
+            part.setdefault("annotations", []).extend(delta.get("annotations") or [])
+        elif delta_type in _MEDIA_DELTAS:
+            key = "summary" if step.get("type") == "thought" else "content"
+            step.setdefault(key, []).append(delta)
+        elif delta_type == "function_result":
+            for key in ("result", "name", "is_error"):
+                if key in delta:
+                    step[key] = delta[key]
+        elif delta_type and delta_type == step.get("type"):
+            step.update({k: v for k, v in delta.items() if k != "type"})
+        else:
+            self.unknown_deltas.append((index, delta))
+
+    def _finish(self, index: int) -> None:
+        text = self._arguments.pop(index, None)
+        if text is None:
+            return
+        try:
+            arguments = json.loads(text) if text.strip() else {}
+        except ValueError as exc:
+            raise StreamError(f"function call arguments at step {index} are not JSON") from exc
+        if not isinstance(arguments, dict):
+            raise StreamError(f"function call arguments at step {index} are not a JSON object")
+        self._steps.setdefault(index, {"type": "function_call"})["arguments"] = arguments
+
+    def _finish_all(self) -> None:
+        for index in list(self._arguments):
+            self._finish(index)
+
+
+def _index(data: Mapping[str, Any]) -> int:
+    index = data.get("index", 0)
+    return index if isinstance(index, int) and not isinstance(index, bool) else 0
+
+
+def _last_text_part(step: JSONObject) -> JSONObject:
+    content = step.setdefault("content", [])
+    if content and isinstance(content[-1], dict) and content[-1].get("type") == "text":
+        part: JSONObject = content[-1]
+        return part
+    part = {"type": "text", "text": ""}
+    content.append(part)
+    return part
