@@ -234,7 +234,7 @@ def _check_create_body(body: Any, settings: EmulatorSettings) -> dict[str, Any]:
         raise _Reject(400, "parameter_unknown", f"Unknown name(s): {', '.join(unknown)}")
     if not isinstance(body.get("model"), str) and not isinstance(body.get("agent"), str):
         raise _Reject(400, "invalid_request", "one of 'model' or 'agent' is required")
-    if "model" in body and "agent" in body:
+    if body.get("model") is not None and body.get("agent") is not None:
         raise _Reject(400, "invalid_request", "'model' and 'agent' cannot both be set")
     for key in ("store", "stream", "background"):
         if key in body and not isinstance(body[key], bool):
