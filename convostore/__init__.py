@@ -28,6 +28,7 @@ from ._exceptions import (
     UnprocessableEntityError,
     ValidationError,
 )
+from ._migrate import upgrade as migrate
 from ._registry import open_async_store, open_store
 from .models import ConversationRecord, Reason, StoredStep, TurnRecord
 
@@ -62,6 +63,7 @@ __all__ = [
     "UnprocessableEntityError",
     "ValidationError",
     "__version__",
+    "migrate",
     "open_async_store",
     "open_store",
 ]

@@ -10,16 +10,16 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
-
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from typing import TYPE_CHECKING
 
 from ._exceptions import ConfigurationError
-from ._sql import install_sqlite_hooks, normalize_url, translate_errors
 from ._urls import redact
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from alembic.config import Config
+
+# Alembic and SQLAlchemy are imported on use, so ``import convostore`` stays light.
 
 __all__ = ["check", "current", "downgrade", "head", "upgrade", "upgrade_connection"]
 
@@ -37,6 +37,8 @@ def script_location() -> str:
 
 
 def _config(connection: sa.Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", script_location())
     if connection is not None:
@@ -47,6 +49,8 @@ def _config(connection: sa.Connection | None = None) -> Config:
 @functools.cache
 def head() -> str:
     """The newest revision this version of convostore knows."""
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(_config()).get_current_head()
     if revision is None:
         raise ConfigurationError("convostore's migration scripts have no head revision")
@@ -54,6 +58,10 @@ def head() -> str:
 
 
 def _engine(url: str) -> sa.Engine:
+    import sqlalchemy as sa
+
+    from ._sql import install_sqlite_hooks, normalize_url
+
     sa_url = normalize_url(url, is_async=False)
     engine = sa.create_engine(sa_url, poolclass=sa.NullPool)
     if sa_url.get_backend_name() == "sqlite":
@@ -63,6 +71,8 @@ def _engine(url: str) -> sa.Engine:
 
 def upgrade_connection(connection: sa.Connection, revision: str = "head") -> None:
     """Upgrade through an open connection (the caller owns its transaction)."""
+    from alembic import command
+
     command.upgrade(_config(connection), revision)
 
 
@@ -76,6 +86,8 @@ def upgrade(url: str, revision: str = "head") -> None:
         StoreUnavailable: the database could not be reached.
         ConfigurationError: not a SQL URL.
     """
+    from ._sql import translate_errors
+
     engine = _engine(url)
     try:
         with translate_errors(redact(url)), engine.connect() as conn:
@@ -88,6 +100,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str) -> None:
     """Take the database at ``url`` down to ``revision`` (``"base"`` drops everything)."""
+    from alembic import command
+
+    from ._sql import translate_errors
+
     engine = _engine(url)
     try:
         with translate_errors(redact(url)), engine.connect() as conn:
@@ -100,6 +116,10 @@ def downgrade(url: str, revision: str) -> None:
 
 def current(url: str) -> str | None:
     """The revision the database at ``url`` is at, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    from ._sql import translate_errors
+
     engine = _engine(url)
     try:
         with translate_errors(redact(url)), engine.connect() as conn:

@@ -8,12 +8,13 @@ connection.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
@@ -26,15 +27,19 @@ from sqlalchemy.exc import (
     ProgrammingError,
     SQLAlchemyError,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._exceptions import (
     ConfigurationError,
+    CorruptRecordError,
     SchemaError,
     StoreError,
     StoreUnavailable,
     ValidationError,
 )
+from ._store_rules import dumps, loads
 from ._urls import redact
+from .models import ConversationRecord, StoredStep, TurnRecord
 
 __all__ = [
     "conversations",
@@ -260,7 +265,7 @@ def engine_options(url: URL) -> dict[str, Any]:
     return options
 
 
-def install_sqlite_hooks(engine: Engine) -> None:
+def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
     """Take over SQLite transaction control (SQLAlchemy's documented recipe).
 
     pysqlite and aiosqlite otherwise begin transactions lazily, so two processes that read
@@ -269,6 +274,8 @@ def install_sqlite_hooks(engine: Engine) -> None:
     ``convostore_write`` execution option, so a writer waits (busy_timeout) for the write
     lock up front instead of failing half way.
     """
+    if isinstance(engine, AsyncEngine):
+        engine = engine.sync_engine
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -335,3 +342,101 @@ def schema_error(url: str, state: str) -> SchemaError:
     return SchemaError(
         f"the convostore schema of {url} is {state}; run: convostore db upgrade {url}"
     )
+
+
+# --------------------------------------------------------------------------- rows <-> records
+
+_CONVERSATION_COLUMNS = tuple(c.name for c in conversations.columns)
+_TURN_COLUMNS = tuple(c.name for c in turns.columns)
+
+
+def conversation_row(record: ConversationRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _CONVERSATION_COLUMNS}
+
+
+def turn_row(turn: TurnRecord) -> dict[str, Any]:
+    row = {name: getattr(turn, name) for name in _TURN_COLUMNS}
+    # psycopg adapts Enum members by name; the column holds the value
+    row["reason"] = str(turn.reason)
+    return row
+
+
+def step_rows(step_list: Sequence[StoredStep], *, postgresql: bool) -> list[dict[str, Any]]:
+    rows = []
+    for step in step_list:
+        text = dumps(step.payload)
+        native = not postgresql or jsonb_safe(step.payload, text)
+        rows.append(
+            {
+                "conversation_id": step.conversation_id,
+                "seq": step.seq,
+                "turn_seq": step.turn_seq,
+                "type": step.type,
+                "payload": text if native else None,
+                "payload_text": None if native else text,
+            }
+        )
+    return rows
+
+
+def step_insert(dialect_name: str) -> sa.Insert:
+    """The INSERT for ``step_rows``: payloads are bound as JSON text, serialised once."""
+    text = sa.bindparam("payload", type_=sa.Text())
+    payload: Any = sa.cast(text, postgresql.JSONB()) if dialect_name == "postgresql" else text
+    return steps.insert().values(
+        conversation_id=sa.bindparam("conversation_id"),
+        seq=sa.bindparam("seq"),
+        turn_seq=sa.bindparam("turn_seq"),
+        type=sa.bindparam("type"),
+        payload=payload,
+        payload_text=sa.bindparam("payload_text"),
+    )
+
+
+def step_select(dialect_name: str) -> sa.Select[Any]:
+    """Steps as ``(seq, turn_seq, type, payload JSON text, payload_text)``, in seq order."""
+    payload = steps.c.payload
+    as_text: Any = (
+        sa.cast(payload, sa.Text())
+        if dialect_name == "postgresql"
+        else sa.type_coerce(payload, sa.Text())
+    )
+    return sa.select(
+        steps.c.seq, steps.c.turn_seq, steps.c.type, as_text, steps.c.payload_text
+    ).order_by(steps.c.seq)
+
+
+def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
+    """Build steps from rows without pydantic validation (reads are hot; writes validated)."""
+    out = []
+    for seq, turn_seq, kind, payload, payload_text in rows:
+        text = payload_text if payload_text is not None else payload
+        if text is None:
+            raise CorruptRecordError(f"step {seq} of {conversation_id!r} has no payload")
+        value = loads(text, f"step {seq} of {conversation_id!r}")
+        if not isinstance(value, dict):
+            raise CorruptRecordError(f"step {seq} of {conversation_id!r} is not a JSON object")
+        out.append(
+            StoredStep.model_construct(
+                conversation_id=conversation_id,
+                seq=seq,
+                turn_seq=turn_seq,
+                type=kind,
+                payload=value,
+            )
+        )
+    return out
+
+
+def decode_conversation(row: Any) -> ConversationRecord:
+    try:
+        return ConversationRecord.model_validate(dict(row._mapping))
+    except PydanticValidationError as exc:
+        raise CorruptRecordError(f"conversation row does not parse: {exc}") from exc
+
+
+def decode_turn(row: Any) -> TurnRecord:
+    try:
+        return TurnRecord.model_validate(dict(row._mapping))
+    except PydanticValidationError as exc:
+        raise CorruptRecordError(f"turn row does not parse: {exc}") from exc

@@ -48,6 +48,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bAsyncEngine\b", "Engine"),
     (r"\bAsyncConnection\b", "Connection"),
     (r"\bAsyncRedis\b", "Redis"),
+    (r"\b(\w+)\.run_sync\(([\w.]+)\)", r"\2(\1)"),
     (r"\bIS_ASYNC = True\b", "IS_ASYNC = False"),
     (r"\bis_async=True\b", "is_async=False"),
     (r"\basyncio\.sleep\b", "time.sleep"),

@@ -1,0 +1,472 @@
+# Generated from convostore/_async by scripts/unasync.py. Do not edit.
+"""The SQL store: SQLite, PostgreSQL and MariaDB/MySQL through SQLAlchemy Core.
+
+Differences from the contract's defaults worth knowing: SQLite files migrate themselves on
+the first operation; a PostgreSQL/MySQL database must be migrated with
+``convostore db upgrade URL`` first (the first operation raises SchemaError otherwise).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, create_engine
+
+from .. import _migrate
+from .._exceptions import (
+    ConcurrentTurnError,
+    ConversationExists,
+    ConversationNotFound,
+    StoreError,
+)
+from .._sql import (
+    conversation_row,
+    conversations,
+    decode_conversation,
+    decode_steps,
+    decode_turn,
+    engine_options,
+    install_sqlite_hooks,
+    normalize_url,
+    schema_error,
+    step_insert,
+    step_rows,
+    step_select,
+    translate_errors,
+    turn_row,
+)
+from .._sql import steps as steps_table
+from .._sql import turns as turns_table
+from .._store_rules import (
+    REQUIRES_ACTION,
+    check_commit,
+    check_list,
+    check_load,
+    check_new_conversation,
+    check_purge,
+    check_scope,
+    check_update,
+    decode_cursor,
+    encode_cursor,
+)
+from .._urls import redact
+from ..models import (
+    AppendResult,
+    ConversationRecord,
+    Page,
+    StoredStep,
+    TurnCommit,
+    TurnRecord,
+)
+
+IS_ASYNC = False
+
+# What append_turn and update_conversation may change; never the identity or creation time.
+_APPEND_FIELDS = (
+    "version",
+    "turn_count",
+    "step_count",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "last_turn_hash",
+    "updated_at",
+)
+_UPDATE_FIELDS = (
+    "mode",
+    "model",
+    "config",
+    "metadata",
+    "expires_at",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "updated_at",
+    "version",
+)
+
+
+class SQLStore:
+    """A store in a SQL database (see :class:`~convostore._sync.store.Store`)."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = redact(url)
+        self._sa_url = normalize_url(url, is_async=IS_ASYNC)
+        self._dialect = self._sa_url.get_backend_name()
+        self._echo = echo
+        self._engine: Engine | None = None
+        self._writer: Engine | None = None
+        self._ready = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._step_insert = step_insert(self._dialect)
+        self._step_select = step_select(self._dialect)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLStore:
+        """A store for ``url``; no I/O happens until the first operation."""
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    # ------------------------------------------------------------------ connections
+
+    def _engines(self) -> tuple[Engine, Engine]:
+        if self._closed:
+            raise StoreError(f"{self.url}: the store is closed")
+        if self._engine is None or self._writer is None:
+            engine = create_engine(
+                self._sa_url, echo=self._echo, **engine_options(self._sa_url)
+            )
+            if self._dialect == "sqlite":
+                install_sqlite_hooks(engine)
+            self._engine = engine
+            self._writer = engine.execution_options(convostore_write=True)
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self._prepare_schema(self._writer)
+                    self._ready = True
+        return self._engine, self._writer
+
+    def _prepare_schema(self, writer: Engine) -> None:
+        with translate_errors(self.url):
+            with writer.connect() as conn:
+                if self._dialect == "sqlite":
+                    # under BEGIN IMMEDIATE: a second process waits, then finds it done
+                    with conn.begin():
+                        _migrate.upgrade_connection(conn)
+                    return
+                inspector_sql = sa.text("SELECT version_num FROM alembic_version")
+                try:
+                    found = (conn.execute(inspector_sql)).scalars().all()
+                except sa.exc.DBAPIError as exc:
+                    raise schema_error(self.url, "missing") from exc
+        if _migrate.head() not in found:
+            raise schema_error(self.url, f"at revision {found or None}, not {_migrate.head()}")
+
+    def close(self) -> None:
+        self._closed = True
+        engine, self._engine, self._writer = self._engine, None, None
+        if engine is not None:
+            engine.dispose()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _record(
+        self, conn: Connection, conversation_id: str, tenant: str
+    ) -> ConversationRecord:
+        row = (
+            conn.execute(
+                sa.select(conversations).where(
+                    conversations.c.id == conversation_id, conversations.c.tenant == tenant
+                )
+            )
+        ).first()
+        if row is None:
+            raise ConversationNotFound(conversation_id)
+        return decode_conversation(row)
+
+    def _turn_by_key(
+        self, conn: Connection, conversation_id: str, tenant: str, key: str
+    ) -> TurnRecord | None:
+        row = (
+            conn.execute(
+                sa.select(turns_table)
+                .join(conversations, conversations.c.id == turns_table.c.conversation_id)
+                .where(
+                    turns_table.c.conversation_id == conversation_id,
+                    turns_table.c.idempotency_key == key,
+                    conversations.c.tenant == tenant,
+                )
+            )
+        ).first()
+        return None if row is None else decode_turn(row)
+
+    def _stale(
+        self, conn: Connection, record: ConversationRecord
+    ) -> ConcurrentTurnError | ConversationNotFound:
+        found = self._version(conn, record.id, record.tenant)
+        if found is None:
+            return ConversationNotFound(record.id)
+        return ConcurrentTurnError(
+            record.id, expected_version=record.version - 1, actual_version=found
+        )
+
+    def _version(
+        self, conn: Connection, conversation_id: str, tenant: str
+    ) -> int | None:
+        return (
+            conn.execute(
+                sa.select(conversations.c.version).where(
+                    conversations.c.id == conversation_id, conversations.c.tenant == tenant
+                )
+            )
+        ).scalar_one_or_none()
+
+    def _scoped(self, record: ConversationRecord) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            conversations.c.id == record.id,
+            conversations.c.tenant == record.tenant,
+            conversations.c.version == record.version - 1,
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def create_conversation(
+        self,
+        record: ConversationRecord,
+        *,
+        turns: Sequence[TurnRecord] = (),
+        steps: Sequence[StoredStep] = (),
+    ) -> ConversationRecord:
+        check_new_conversation(record, turns, steps)
+        _, writer = self._engines()
+        with translate_errors(self.url):
+            try:
+                with writer.begin() as conn:
+                    conn.execute(conversations.insert(), conversation_row(record))
+                    if turns:
+                        conn.execute(turns_table.insert(), [turn_row(turn) for turn in turns])
+                    if steps:
+                        conn.execute(
+                            self._step_insert,
+                            step_rows(steps, postgresql=self._dialect == "postgresql"),
+                        )
+            except IntegrityError as exc:
+                with writer.connect() as conn:
+                    exists = (
+                        conn.execute(
+                            sa.select(conversations.c.id).where(conversations.c.id == record.id)
+                        )
+                    ).first()
+                if exists is not None:
+                    raise ConversationExists(record.id) from exc
+                raise
+        return record
+
+    def append_turn(self, commit: TurnCommit) -> AppendResult:
+        check_commit(commit)
+        record, turn, key = commit.record, commit.turn, commit.turn.idempotency_key
+        _, writer = self._engines()
+        with translate_errors(self.url):
+            try:
+                with writer.begin() as conn:
+                    if key is not None:
+                        stored = self._turn_by_key(conn, record.id, record.tenant, key)
+                        if stored is not None:
+                            return AppendResult(turn=stored, created=False)
+                    values = {name: getattr(record, name) for name in _APPEND_FIELDS}
+                    updated = conn.execute(
+                        conversations.update().where(self._scoped(record)).values(values)
+                    )
+                    if updated.rowcount != 1:
+                        # a writer with the same key may have won the race we just lost
+                        if key is not None:
+                            stored = self._turn_by_key(conn, record.id, record.tenant, key)
+                            if stored is not None:
+                                return AppendResult(turn=stored, created=False)
+                        raise self._stale(conn, record)
+                    conn.execute(turns_table.insert(), turn_row(turn))
+                    if commit.steps:
+                        conn.execute(
+                            self._step_insert,
+                            step_rows(commit.steps, postgresql=self._dialect == "postgresql"),
+                        )
+            except IntegrityError as exc:
+                with writer.begin() as conn:
+                    if key is not None:
+                        stored = self._turn_by_key(conn, record.id, record.tenant, key)
+                        if stored is not None:
+                            return AppendResult(turn=stored, created=False)
+                    raise self._stale(conn, record) from exc
+        return AppendResult(turn=turn, created=True)
+
+    def update_conversation(self, record: ConversationRecord) -> ConversationRecord:
+        check_update(record)
+        _, writer = self._engines()
+        with translate_errors(self.url):
+            with writer.begin() as conn:
+                values = {conversations.c[name]: getattr(record, name) for name in _UPDATE_FIELDS}
+                updated = conn.execute(
+                    conversations.update().where(self._scoped(record)).values(values)
+                )
+                if updated.rowcount != 1:
+                    raise self._stale(conn, record)
+                return self._record(conn, record.id, record.tenant)
+
+    def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
+        check_scope(conversation_id, tenant)
+        _, writer = self._engines()
+        with translate_errors(self.url):
+            with writer.begin() as conn:
+                return self._delete(conn, [conversation_id], tenant=tenant) > 0
+
+    def _delete(
+        self, conn: Connection, ids: Sequence[str], *, tenant: str | None
+    ) -> int:
+        owned = sa.select(conversations.c.id).where(conversations.c.id.in_(ids))
+        if tenant is not None:
+            owned = owned.where(conversations.c.tenant == tenant)
+        found = list((conn.execute(owned)).scalars())
+        if not found:
+            return 0
+        # children first: SQLite enforces the cascade only where foreign_keys is on
+        conn.execute(steps_table.delete().where(steps_table.c.conversation_id.in_(found)))
+        conn.execute(turns_table.delete().where(turns_table.c.conversation_id.in_(found)))
+        result = conn.execute(conversations.delete().where(conversations.c.id.in_(found)))
+        return result.rowcount
+
+    def purge(
+        self,
+        *,
+        now: datetime | None = None,
+        older_than: datetime | None = None,
+        tenant: str | None = None,
+        dry_run: bool = False,
+    ) -> list[ConversationRecord]:
+        now = check_purge(now, older_than, tenant)
+        expired = conversations.c.expires_at <= now
+        if older_than is not None:
+            expired = sa.or_(expired, conversations.c.updated_at < older_than)
+        query = sa.select(conversations).where(expired)
+        if tenant is not None:
+            query = query.where(conversations.c.tenant == tenant)
+        query = query.order_by(conversations.c.created_at.desc(), conversations.c.id.desc())
+        _, writer = self._engines()
+        with translate_errors(self.url):
+            with writer.begin() as conn:
+                found = [decode_conversation(row) for row in conn.execute(query)]
+                if found and not dry_run:
+                    for start in range(0, len(found), 500):
+                        chunk = [record.id for record in found[start : start + 500]]
+                        self._delete(conn, chunk, tenant=None)
+        return found
+
+    # ------------------------------------------------------------------ reads
+
+    def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
+        check_scope(conversation_id, tenant)
+        engine, _ = self._engines()
+        with translate_errors(self.url):
+            with engine.connect() as conn:
+                return self._record(conn, conversation_id, tenant)
+
+    def find_turn(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> TurnRecord | None:
+        check_scope(conversation_id, tenant)
+        if not isinstance(idempotency_key, str):
+            return None
+        engine, _ = self._engines()
+        with translate_errors(self.url):
+            with engine.connect() as conn:
+                self._record(conn, conversation_id, tenant)
+                return self._turn_by_key(conn, conversation_id, tenant, idempotency_key)
+
+    def load_steps(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        newest: int | None = None,
+        turn: int | None = None,
+    ) -> list[StoredStep]:
+        check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
+        engine, _ = self._engines()
+        query = self._step_select.where(
+            steps_table.c.conversation_id == conversation_id, steps_table.c.seq > after_seq
+        )
+        if turn is not None:
+            query = query.where(steps_table.c.turn_seq == turn)
+        with translate_errors(self.url):
+            with engine.connect() as conn:
+                record = self._record(conn, conversation_id, tenant)
+                if newest is not None:
+                    start = self._newest_turn(conn, record, newest)
+                    if start is None:
+                        return []
+                    query = query.where(steps_table.c.turn_seq >= start)
+                rows = (conn.execute(query)).all()
+        return decode_steps(conversation_id, rows)
+
+    def _newest_turn(
+        self, conn: Connection, record: ConversationRecord, newest: int
+    ) -> int | None:
+        """The first turn of the newest-N suffix (see the contract), or None for nothing."""
+        want = min(newest, record.step_count)
+        if want <= 0:
+            return None
+        anchor = (
+            sa.select(steps_table.c.turn_seq)
+            .where(
+                steps_table.c.conversation_id == record.id,
+                steps_table.c.seq == record.step_count - want + 1,
+            )
+            .scalar_subquery()
+        )
+        # the latest turn at or before the anchor's whose predecessor left nothing pending
+        clean = sa.select(sa.func.coalesce(sa.func.max(turns_table.c.seq), 0) + 1).where(
+            turns_table.c.conversation_id == record.id,
+            turns_table.c.seq < anchor,
+            turns_table.c.status != REQUIRES_ACTION,
+        )
+        return int((conn.execute(clean)).scalar_one())
+
+    def load_turns(
+        self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[TurnRecord]:
+        check_load(conversation_id, tenant, after_seq=after_seq, limit=limit)
+        engine, _ = self._engines()
+        query = (
+            sa.select(turns_table)
+            .where(turns_table.c.conversation_id == conversation_id, turns_table.c.seq > after_seq)
+            .order_by(turns_table.c.seq)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with translate_errors(self.url):
+            with engine.connect() as conn:
+                self._record(conn, conversation_id, tenant)
+                rows = (conn.execute(query)).all()
+        return [decode_turn(row) for row in rows]
+
+    def list_conversations(
+        self,
+        *,
+        tenant: str | None,
+        user: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        check_list(tenant, user, limit, cursor)
+        c = conversations.c
+        query = sa.select(conversations).order_by(c.created_at.desc(), c.id.desc())
+        if tenant is not None:
+            query = query.where(c.tenant == tenant)
+        if user is not None:
+            query = query.where(c.user == user)
+        if cursor is not None:
+            at, last_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < last_id))
+            )
+        engine, _ = self._engines()
+        with translate_errors(self.url):
+            with engine.connect() as conn:
+                rows = (conn.execute(query.limit(limit + 1))).all()
+        items = [decode_conversation(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        return Page(items=items, next_cursor=next_cursor)
+
+
+SQLStore = SQLStore
