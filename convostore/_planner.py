@@ -237,9 +237,8 @@ def plan_request(
     *,
     new_steps: Sequence[JSONObject],
     history: Sequence[JSONObject] = (),
-    stream: bool = False,
 ) -> JSONObject:
-    """The exact create body for this turn.
+    """The exact create body for this turn (the client adds ``stream: true`` for a stream).
 
     Settings are re-sent on every turn in both modes. Chaining sends only the new input;
     replay sends the stored history (as stored, not re-validated) plus the new input.
@@ -252,8 +251,6 @@ def plan_request(
         if decision.previous_interaction_id is not None:
             body["previous_interaction_id"] = decision.previous_interaction_id
     body["store"] = decision.store
-    if stream:
-        body["stream"] = True
     return body
 
 

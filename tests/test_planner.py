@@ -115,12 +115,11 @@ def test_plan_replay_sends_history_and_settings(mode: str, broken: bool, store: 
     rec = record(mode=mode)
     history = [HI, {"type": "model_output", "content": [{"type": "text", "text": "meow"}]}]
     decision = decide(rec, policy=Policy(), now=NOW, chain_broken=broken)
-    body = plan_request(rec, decision, new_steps=[HI], history=history, stream=True)
+    body = plan_request(rec, decision, new_steps=[HI], history=history)
     assert body["input"] == [*history, HI]
     assert body["store"] is store
     assert "previous_interaction_id" not in body
     assert body["system_instruction"] == "Be a cat."
-    assert body["stream"] is True
 
 
 def test_first_turn_has_no_previous_id() -> None:

@@ -116,7 +116,7 @@ class AsyncConversation:
             prepared = await self._prepare(new_steps, idempotency_key)
             if isinstance(prepared, Turn):
                 return prepared
-            interaction, decision = await self._create(prepared, stream=False)
+            interaction, decision = await self._create(prepared)
             try:
                 return await self._commit(prepared, decision, interaction, idempotency_key)
             except ConcurrentTurnError:
@@ -151,15 +151,13 @@ class AsyncConversation:
         decision = planner.decide(record, policy=self._owner.policy, now=utcnow())
         return _Prepared(record, decision, new_steps)
 
-    async def _body(
-        self, prepared: _Prepared, decision: planner.Decision, stream: bool
-    ) -> JSONObject:
+    async def _body(self, prepared: _Prepared, decision: planner.Decision) -> JSONObject:
         history: list[JSONObject] = []
         if decision.needs_history:
             stored = await self._store.load_steps(self.id, tenant=self.tenant)
             history = [s.payload for s in stored]
         return planner.plan_request(
-            prepared.record, decision, new_steps=prepared.new_steps, history=history, stream=stream
+            prepared.record, decision, new_steps=prepared.new_steps, history=history
         )
 
     def _chain_broken(self, prepared: _Prepared, exc: APIError) -> planner.Decision:
@@ -173,19 +171,15 @@ class AsyncConversation:
             prepared.record, policy=self._owner.policy, now=utcnow(), chain_broken=True
         )
 
-    async def _create(
-        self, prepared: _Prepared, *, stream: bool
-    ) -> tuple[Interaction, planner.Decision]:
+    async def _create(self, prepared: _Prepared) -> tuple[Interaction, planner.Decision]:
         decision = prepared.decision
         try:
-            return await self._client.create(
-                **await self._body(prepared, decision, stream)
-            ), decision
+            return await self._client.create(**await self._body(prepared, decision)), decision
         except (NotFoundError, BadRequestError) as exc:
             if decision.previous_interaction_id is None:
                 raise
             decision = self._chain_broken(prepared, exc)
-        return await self._client.create(**await self._body(prepared, decision, stream)), decision
+        return await self._client.create(**await self._body(prepared, decision)), decision
 
     async def _commit(
         self,
@@ -333,7 +327,7 @@ class AsyncTurnStream:
         return self
 
     async def _open(self, prepared: _Prepared, decision: planner.Decision) -> Any:
-        body = await self._conversation._body(prepared, decision, stream=True)
+        body = await self._conversation._body(prepared, decision)
         api = self._conversation._client.stream(**body)
         await api.__aenter__()
         return api

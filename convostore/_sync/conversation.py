@@ -1,0 +1,391 @@
+# Generated from convostore/_async by scripts/unasync.py. Do not edit.
+"""One conversation: send a turn (unary or streamed), read it back, fork it, change it.
+
+A thin driver: every decision is the planner's (``convostore._planner``); this module only
+reads the store, calls the API, and writes the commit the planner produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from .. import _planner as planner
+from .._exceptions import (
+    APIError,
+    BadRequestError,
+    ConcurrentTurnError,
+    NotFoundError,
+    ValidationError,
+)
+from ..models import (
+    ConversationRecord,
+    DeleteReport,
+    Interaction,
+    JSONObject,
+    StepDeltaEvent,
+    TextDelta,
+    Turn,
+    TurnRecord,
+    check_id,
+    to_wire,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from .conversations import Conversations
+
+logger = logging.getLogger("convostore.conversation")
+
+OnConflict = Literal["raise", "retry"]
+_INPUT_TYPES = frozenset({"user_input", "function_result"})
+
+
+class _Prepared:
+    """A planned turn, before its request is sent."""
+
+    def __init__(
+        self, record: ConversationRecord, decision: planner.Decision, new_steps: list[JSONObject]
+    ) -> None:
+        self.record = record
+        self.decision = decision
+        self.new_steps = new_steps
+
+
+class Conversation:
+    """A conversation bound to its store and client. Get one from ``Conversations``."""
+
+    def __init__(self, owner: Conversations, record: ConversationRecord) -> None:
+        self._owner = owner
+        self._store = owner.store
+        self._client = owner.client
+        self._record = record
+
+    def __repr__(self) -> str:
+        r = self._record
+        return f"<Conversation {r.id} tenant={r.tenant!r} mode={r.mode} turns={r.turn_count}>"
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def tenant(self) -> str:
+        return self._record.tenant
+
+    @property
+    def record(self) -> ConversationRecord:
+        """The conversation as last read or written by this object."""
+        return self._record
+
+    def refresh(self) -> ConversationRecord:
+        """Re-read the conversation from the store."""
+        self._record = self._store.get_conversation(self.id, tenant=self.tenant)
+        return self._record
+
+    # ------------------------------------------------------------------ sending
+
+    def send(
+        self,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_conflict: OnConflict = "raise",
+        max_conflict_retries: int = 5,
+    ) -> Turn:
+        """Send one user turn and commit it with the model's answer.
+
+        Args:
+            input: a string, content part(s), or steps (e.g. ``function_result`` answers).
+            idempotency_key: a retry with the same key returns the stored turn, sending nothing.
+            on_conflict: ``"retry"`` re-reads and re-plans (from the new head) when another
+                writer appended first; ``"raise"`` raises :class:`ConcurrentTurnError`.
+            max_conflict_retries: how many times ``"retry"`` tries again.
+
+        Raises:
+            ValidationError: bad input, before anything is sent or written.
+            ConversationNotFound: the conversation is gone (or another tenant's).
+            ConcurrentTurnError: another writer won and ``on_conflict="raise"``.
+            APIError: the API failed; nothing was committed.
+        """
+        new_steps = _check_send_args(input, idempotency_key, on_conflict)
+        attempt = 0
+        while True:
+            prepared = self._prepare(new_steps, idempotency_key)
+            if isinstance(prepared, Turn):
+                return prepared
+            interaction, decision = self._create(prepared)
+            try:
+                return self._commit(prepared, decision, interaction, idempotency_key)
+            except ConcurrentTurnError:
+                self._discard(decision, interaction)
+                attempt += 1
+                if on_conflict != "retry" or attempt > max_conflict_retries:
+                    raise
+                logger.info("conversation %s: conflict, re-planning (%d)", self.id, attempt)
+
+    def stream(self, input: Any, *, idempotency_key: str | None = None) -> TurnStream:
+        """Send one user turn and stream the answer as it arrives.
+
+        Use as ``with conv.stream(text) as events: for event in events: ...``.
+        The turn is committed when the stream completes (then ``events.turn`` is set). A stream
+        that is cut, ends in an error event, or is left early commits nothing.
+        """
+        new_steps = _check_send_args(input, idempotency_key, "raise")
+        return TurnStream(self, new_steps, idempotency_key)
+
+    def _prepare(
+        self, new_steps: list[JSONObject], idempotency_key: str | None
+    ) -> _Prepared | Turn:
+        store, tenant = self._store, self.tenant
+        if idempotency_key is not None:
+            done = store.find_turn(self.id, tenant=tenant, idempotency_key=idempotency_key)
+            if done is not None:
+                return self._stored_turn(done, replayed=True)
+        record = self.refresh()
+        if planner.answered_call_ids(new_steps):
+            last = store.load_steps(self.id, tenant=tenant, turn=record.turn_count)
+            planner.check_function_results(new_steps, [s.payload for s in last])
+        decision = planner.decide(record, policy=self._owner.policy, now=utcnow())
+        return _Prepared(record, decision, new_steps)
+
+    def _body(self, prepared: _Prepared, decision: planner.Decision) -> JSONObject:
+        history: list[JSONObject] = []
+        if decision.needs_history:
+            stored = self._store.load_steps(self.id, tenant=self.tenant)
+            history = [s.payload for s in stored]
+        return planner.plan_request(
+            prepared.record, decision, new_steps=prepared.new_steps, history=history
+        )
+
+    def _chain_broken(self, prepared: _Prepared, exc: APIError) -> planner.Decision:
+        logger.warning(
+            "conversation %s: head %s is gone on the server (%s); replaying the local history",
+            self.id,
+            prepared.decision.previous_interaction_id,
+            exc,
+        )
+        return planner.decide(
+            prepared.record, policy=self._owner.policy, now=utcnow(), chain_broken=True
+        )
+
+    def _create(self, prepared: _Prepared) -> tuple[Interaction, planner.Decision]:
+        decision = prepared.decision
+        try:
+            return self._client.create(**self._body(prepared, decision)), decision
+        except (NotFoundError, BadRequestError) as exc:
+            if decision.previous_interaction_id is None:
+                raise
+            decision = self._chain_broken(prepared, exc)
+        return self._client.create(**self._body(prepared, decision)), decision
+
+    def _commit(
+        self,
+        prepared: _Prepared,
+        decision: planner.Decision,
+        interaction: Interaction,
+        idempotency_key: str | None,
+    ) -> Turn:
+        commit = planner.commit_turn(
+            prepared.record,
+            decision,
+            new_steps=prepared.new_steps,
+            interaction_id=interaction.id,
+            status=interaction.status,
+            response_steps=interaction.steps,
+            usage=to_wire(interaction.usage) if interaction.usage is not None else None,
+            now=utcnow(),
+            idempotency_key=idempotency_key,
+        )
+        result = self._store.append_turn(commit)
+        if not result.created:
+            self._discard(decision, interaction)
+            return self._stored_turn(result.turn, replayed=True)
+        self._record = commit.record
+        return _split_turn(commit.turn, [s.payload for s in commit.steps], replayed=False)
+
+    def _discard(self, decision: planner.Decision, interaction: Interaction) -> None:
+        """Best effort: delete an interaction the server stored for a turn that lost a race,
+        so the server keeps no second chain."""
+        if decision.store and interaction.id:
+            try:
+                self._client.delete(interaction.id)
+            except APIError as exc:
+                logger.info("could not delete orphaned interaction %s: %s", interaction.id, exc)
+
+    def _stored_turn(self, turn: TurnRecord, *, replayed: bool) -> Turn:
+        steps = self._store.load_steps(self.id, tenant=self.tenant, turn=turn.seq)
+        return _split_turn(turn, [s.payload for s in steps], replayed=replayed)
+
+    # ------------------------------------------------------------------ reading
+
+    def history(self, *, newest: int | None = None) -> list[JSONObject]:
+        """Every step in order as wire JSON (``newest=N``: the last N, cut at a turn boundary)."""
+        steps = self._store.load_steps(self.id, tenant=self.tenant, newest=newest)
+        return [s.payload for s in steps]
+
+    def turns(self) -> list[TurnRecord]:
+        """Every committed turn, in order."""
+        return self._store.load_turns(self.id, tenant=self.tenant)
+
+    def usage(self) -> dict[str, int]:
+        """Token usage summed over every turn (integer fields of the API's usage)."""
+        totals: dict[str, int] = {}
+        for turn in self.turns():
+            for key, value in (turn.usage or {}).items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    # ------------------------------------------------------------------ changing
+
+    def update(
+        self,
+        *,
+        mode: str | None = None,
+        model: str | None = None,
+        metadata: JSONObject | None = None,
+        **settings: Any,
+    ) -> ConversationRecord:
+        """Change the mode, the model, the metadata or interaction-scoped settings (a setting
+        passed as ``None`` is removed). A model change makes the next turn replay."""
+        record = self.refresh()
+        changes: dict[str, Any] = {"version": record.version + 1, "updated_at": utcnow()}
+        if mode is not None:
+            changes["mode"] = planner.check_mode(mode)
+        if model is not None:
+            changes["model"] = _check_model(model)
+        if metadata is not None:
+            changes["metadata"] = metadata
+        if settings:
+            changes["config"] = planner.check_config({**record.config, **settings})
+        updated = ConversationRecord.model_validate({**record.model_dump(), **changes})
+        self._record = self._store.update_conversation(updated)
+        return self._record
+
+    def fork(self, *, at_turn: int | None = None) -> Conversation:
+        """A new conversation sharing this one's history up to turn ``at_turn`` (default: all).
+
+        The original is untouched. When turn ``at_turn`` is stored on the server, the fork's
+        first request chains from it; otherwise the fork replays.
+        """
+        record = self.refresh()
+        k = record.turn_count if at_turn is None else at_turn
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= record.turn_count:
+            raise ValidationError(f"at_turn must be between 0 and {record.turn_count}; got {k!r}")
+        turns = self._store.load_turns(self.id, tenant=self.tenant, limit=k) if k else []
+        steps = self._store.load_steps(self.id, tenant=self.tenant) if k else []
+        steps = [s for s in steps if s.turn_seq <= k]
+        fork = planner.fork_record(
+            record, turns, len(steps), new_id=new_conversation_id(), now=utcnow()
+        )
+        self._store.create_conversation(
+            fork,
+            turns=[t.model_copy(update={"conversation_id": fork.id}) for t in turns],
+            steps=[s.model_copy(update={"conversation_id": fork.id}) for s in steps],
+        )
+        return Conversation(self._owner, fork)
+
+    def delete(self, *, remote: bool = False) -> DeleteReport:
+        """Delete this conversation (see ``Conversations.delete``)."""
+        return self._owner.delete(self.id, tenant=self.tenant, remote=remote)
+
+
+class TurnStream:
+    """A streamed turn: iterate the API's events; ``turn`` is set once the stream completed
+    and the turn was committed. Leaving early, a cut or an error event commits nothing."""
+
+    def __init__(
+        self, conversation: Conversation, new_steps: list[JSONObject], key: str | None
+    ) -> None:
+        self._conversation = conversation
+        self._new_steps = new_steps
+        self._key = key
+        self._prepared: _Prepared | None = None
+        self._decision: planner.Decision | None = None
+        self._api: Any = None
+        self.turn: Turn | None = None
+
+    def __enter__(self) -> TurnStream:
+        conv = self._conversation
+        prepared = conv._prepare(self._new_steps, self._key)
+        if isinstance(prepared, Turn):
+            self.turn = prepared
+            return self
+        self._prepared = prepared
+        decision = prepared.decision
+        try:
+            self._api = self._open(prepared, decision)
+        except (NotFoundError, BadRequestError) as exc:
+            if decision.previous_interaction_id is None:
+                raise
+            decision = conv._chain_broken(prepared, exc)
+            self._api = self._open(prepared, decision)
+        self._decision = decision
+        return self
+
+    def _open(self, prepared: _Prepared, decision: planner.Decision) -> Any:
+        body = self._conversation._body(prepared, decision)
+        api = self._conversation._client.stream(**body)
+        api.__enter__()
+        return api
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._api is not None:
+            self._api.__exit__(exc_type, exc, tb)
+
+    def __iter__(self) -> TurnStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._api is None or self.turn is not None:
+            raise StopIteration
+        try:
+            return self._api.__next__()
+        except StopIteration:
+            assert self._prepared is not None and self._decision is not None
+            self.turn = self._conversation._commit(
+                self._prepared, self._decision, self._api.interaction, self._key
+            )
+            raise
+
+    def text_deltas(self) -> Iterator[str]:
+        """Only the text as it arrives."""
+        for event in self:
+            if isinstance(event, StepDeltaEvent) and isinstance(event.delta, TextDelta):
+                yield event.delta.text
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_model(model: object) -> str:
+    if not isinstance(model, str) or not model.strip():
+        raise ValidationError("model must be a non-empty string")
+    return model
+
+
+def _check_send_args(input: Any, key: str | None, on_conflict: str) -> list[JSONObject]:
+    if key is not None:
+        check_id(key, "idempotency_key")
+    if on_conflict not in ("raise", "retry"):
+        raise ValidationError(f"on_conflict must be 'raise' or 'retry'; got {on_conflict!r}")
+    return planner.normalize_input(input)
+
+
+def _split_turn(turn: TurnRecord, payloads: Sequence[JSONObject], *, replayed: bool) -> Turn:
+    n = 0
+    while n < len(payloads) and payloads[n].get("type") in _INPUT_TYPES:
+        n += 1
+    return Turn(
+        record=turn, input_steps=list(payloads[:n]), steps=list(payloads[n:]), replayed=replayed
+    )
