@@ -711,7 +711,7 @@ class StoreConformance(_Divergences):
                 conversation_id=record.id,
                 seq=record.step_count + 2,
                 turn_seq=good.turn.seq,
-                type=payload.get("type") if isinstance(payload, dict) else "x",
+                type=str(payload.get("type")) if isinstance(payload, dict) else "x",
                 payload=payload,
             )
             commit = good.model_copy(

@@ -1,0 +1,144 @@
+"""The Redis key schema and Lua scripts, shared by the sync and asyncio Redis stores.
+
+Per conversation (all keys share the hash tag ``{<conversation id>}``, so one script can
+touch them all on Redis Cluster)::
+
+    <prefix>{<id>}:c   hash: one field per ConversationRecord field, each value JSON text
+    <prefix>{<id>}:t   list: one JSON ``[first_step_seq, status, turn]`` per turn, in seq order
+    <prefix>{<id>}:s   list: one JSON ``[turn_seq, payload]`` per step, in seq order
+    <prefix>{<id>}:k   hash: idempotency key -> turn seq
+
+Indexes (each in a slot of its own; written outside the scripts)::
+
+    <prefix>idx:all                  every conversation
+    <prefix>idx:t:<tenant>           a tenant's conversations
+    <prefix>idx:u:<tenant>/<user>    one user's conversations in a tenant
+
+Index sorted sets hold every member at score 0, so members sort by their bytes:
+``<19-digit microseconds since 0001-01-01>|<id>`` sorts exactly by ``(created_at, id)`` and
+``ZRANGE … BYLEX REV`` gives keyset pagination for free. Ids never contain ``|``, ``/`` or
+braces (``models.check_id``), so neither keys nor members can collide.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ._exceptions import ConfigurationError
+from ._store_rules import epoch_us
+
+DEFAULT_PREFIX = "convostore:"
+
+# Shift microseconds so that every representable datetime gives a non-negative number.
+_EPOCH_SHIFT = -epoch_us(datetime(1, 1, 1, tzinfo=UTC))
+
+
+def check_prefix(prefix: object) -> str:
+    """A key prefix must be a string without braces (they would capture the hash tag)."""
+    if not isinstance(prefix, str):
+        raise ConfigurationError(f"key_prefix must be a string, not {type(prefix).__name__}")
+    if "{" in prefix or "}" in prefix:
+        raise ConfigurationError(f"key_prefix must not contain braces: {prefix!r}")
+    return prefix
+
+
+def conversation_keys(prefix: str, conversation_id: str) -> list[str]:
+    """The record hash, turns list, steps list and idempotency hash of one conversation."""
+    tag = f"{prefix}{{{conversation_id}}}"
+    return [f"{tag}:c", f"{tag}:t", f"{tag}:s", f"{tag}:k"]
+
+
+def index_keys(prefix: str, tenant: str, user: str | None) -> list[str]:
+    """The sorted sets a conversation of ``tenant`` (and ``user``) is listed in."""
+    keys = [f"{prefix}idx:all", f"{prefix}idx:t:{tenant}"]
+    if user is not None:
+        keys.append(f"{prefix}idx:u:{tenant}/{user}")
+    return keys
+
+
+def index_member(created_at: datetime, conversation_id: str) -> str:
+    return f"{epoch_us(created_at) + _EPOCH_SHIFT:019d}|{conversation_id}"
+
+
+def member_id(member: bytes) -> str:
+    return member.decode().rpartition("|")[2]
+
+
+# KEYS: record, turns, steps, keys.  ARGV: expire-at ms or "", field count, fields/values…,
+# turn count, turns…, idempotency pair count, key/seq…, steps…
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local i = 3
+local n = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
+i = i + 2 * n
+n = tonumber(ARGV[i])
+for j = i + 1, i + n, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, j, math.min(j + 999, i + n)))
+end
+i = i + n + 1
+n = tonumber(ARGV[i])
+if n > 0 then redis.call('HSET', KEYS[4], unpack(ARGV, i + 1, i + 2 * n)) end
+i = i + 2 * n + 1
+for j = i, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
+end
+if ARGV[1] ~= '' then
+  for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, ARGV[1]) end
+end
+return 1
+"""
+
+# KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, idempotency key
+# or "", turn element, turn seq, stored turn count, stored step count, field count,
+# fields/values…, steps…  The TTL follows the stored "_exp" field (ms, or "" for none).
+# Returns {0} missing, {1, turn} key already used, {2, version} stale, {4} counts do not
+# continue, {3} written.
+APPEND = """
+if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return {0} end
+if ARGV[3] ~= '' then
+  local seq = redis.call('HGET', KEYS[4], ARGV[3])
+  if seq then return {1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)} end
+end
+local version = redis.call('HGET', KEYS[1], 'version')
+if version ~= ARGV[2] then return {2, version} end
+if redis.call('HGET', KEYS[1], 'turn_count') ~= ARGV[6]
+  or redis.call('HGET', KEYS[1], 'step_count') ~= ARGV[7] then return {4} end
+redis.call('RPUSH', KEYS[2], ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], ARGV[3], ARGV[5]) end
+local n = tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n))
+for j = 9 + 2 * n, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
+end
+local expire = redis.call('HGET', KEYS[1], '_exp')
+if expire and expire ~= '' then
+  for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, expire) end
+end
+return {3}
+"""
+
+# KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, field count,
+# fields/values… (including "_exp").  Returns {0} missing, {2, version} stale, or
+# {3, fields} with the record's fields after the update.
+UPDATE = """
+if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return {0} end
+local version = redis.call('HGET', KEYS[1], 'version')
+if version ~= ARGV[2] then return {2, version} end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
+local expire = redis.call('HGET', KEYS[1], '_exp')
+for _, key in ipairs(KEYS) do
+  if expire and expire ~= '' then redis.call('PEXPIREAT', key, expire)
+  else redis.call('PERSIST', key) end
+end
+return {3, redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: record, turns, steps, keys.  ARGV: tenant JSON.  Returns the deleted record's fields.
+DELETE = """
+if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return {} end
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', unpack(KEYS))
+return fields
+"""

@@ -1,0 +1,454 @@
+# Generated from convostore/_async by scripts/unasync.py. Do not edit.
+"""The Redis store (plain Redis or Valkey, no modules); key schema in ``convostore._redis_keys``.
+
+Every write of a conversation is one Lua script over keys sharing the hash tag
+``{<conversation id>}``, so it is atomic and runs on Redis Cluster. The listing indexes live
+in other slots and are written after the conversation (and removed after it on delete): a
+crash in between leaves an index entry without a conversation. Listing and purge tolerate
+such dangling entries: they skip them and remove them. The trade-off: a conversation whose
+process died between its create script and its index write is loadable but not listed.
+
+With ``expires_at`` set, every key of the conversation gets that time as its Redis expiry
+(re-applied on every append and update), so Redis drops expired conversations by itself;
+``purge`` returns only what is still there to delete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from .. import _redis_keys as keys
+from .. import _store_rules as rules
+from .._exceptions import (
+    ConcurrentTurnError,
+    ConfigurationError,
+    ConversationExists,
+    ConversationNotFound,
+    CorruptRecordError,
+    StoreError,
+    StoreUnavailable,
+    ValidationError,
+)
+from .._urls import redact
+from ..models import (
+    AppendResult,
+    ConversationRecord,
+    Page,
+    StoredStep,
+    TurnCommit,
+    TurnRecord,
+)
+
+_APPEND_FIELDS = (
+    "version",
+    "turn_count",
+    "step_count",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "last_turn_hash",
+    "updated_at",
+)
+_UPDATE_FIELDS = (
+    "mode",
+    "model",
+    "config",
+    "metadata",
+    "expires_at",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "updated_at",
+    "version",
+)
+_BATCH = 200
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    """The one place redis-py errors become convostore errors."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"Redis error: {exc}") from exc
+
+
+def _expire_ms(record: ConversationRecord) -> str:
+    return "" if record.expires_at is None else str(int(record.expires_at.timestamp() * 1000))
+
+
+def _fields(record: ConversationRecord, names: Sequence[str] | None = None) -> list[str]:
+    data = record.model_dump(mode="json", include=None if names is None else set(names))
+    flat: list[str] = []
+    for name, value in data.items():
+        flat += [name, rules.dumps(value)]
+    return [*flat, "_exp", _expire_ms(record)]
+
+
+def _record(raw: Any) -> ConversationRecord:
+    """A record from HGETALL's answer (a dict, or a flat list when it came from a script)."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    try:
+        data = {k.decode(): rules.loads(v) for k, v in pairs if not k.startswith(b"_")}
+        return ConversationRecord.model_validate(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"stored conversation does not parse: {exc}") from exc
+
+
+def _turn_element(turn: TurnRecord, first_step: int) -> str:
+    return rules.dumps([first_step, turn.status, turn.model_dump(mode="json")])
+
+
+def _turn(raw: bytes) -> TurnRecord:
+    try:
+        return TurnRecord.model_validate(rules.loads(raw, "stored turn")[2])
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
+
+
+def _spans(raw: Sequence[bytes]) -> list[rules.TurnSpan]:
+    try:
+        return [rules.TurnSpan(*rules.loads(item, "stored turn")[:2]) for item in raw]
+    except (TypeError, KeyError) as exc:
+        raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
+
+
+def _steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list[StoredStep]:
+    # One json.loads over the joined elements is much faster than one call per step.
+    rows = rules.loads(b"[" + b",".join(raw) + b"]", "stored step")
+    try:
+        return [
+            StoredStep.model_construct(
+                conversation_id=conversation_id,
+                seq=seq,
+                turn_seq=turn_seq,
+                type=payload["type"],
+                payload=payload,
+            )
+            for seq, (turn_seq, payload) in enumerate(rows, start=first)
+        ]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise CorruptRecordError(f"stored step does not parse: {exc}") from exc
+
+
+class RedisStore:
+    """A store on plain Redis (see the module docstring for the layout and its trade-offs)."""
+
+    def __init__(self, client: redis.Redis, *, url: str, key_prefix: str) -> None:
+        self.url = redact(url)
+        self._client = client
+        self._prefix = keys.check_prefix(key_prefix)
+        self._closed = False
+        self._create = client.register_script(keys.CREATE)
+        self._append = client.register_script(keys.APPEND)
+        self._update = client.register_script(keys.UPDATE)
+        self._delete = client.register_script(keys.DELETE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, key_prefix: str = keys.DEFAULT_PREFIX, **redis_options: Any
+    ) -> RedisStore:
+        """Open (lazily: no I/O here) a store on ``redis://`` / ``rediss://``.
+
+        Args:
+            url: the Redis URL.
+            key_prefix: prepended to every key, so applications can share a server.
+            **redis_options: passed to ``redis.Redis.from_url`` (e.g. ``socket_timeout``).
+        """
+        if redis_options.get("decode_responses"):
+            raise ConfigurationError("the Redis store needs decode_responses=False")
+        keys.check_prefix(key_prefix)
+        client = redis.Redis.from_url(url, **redis_options)
+        return cls(client, url=url, key_prefix=key_prefix)
+
+    def _keys(self, conversation_id: str) -> list[str]:
+        return keys.conversation_keys(self._prefix, conversation_id)
+
+    def _scoped(self, conversation_id: str, tenant: str, *commands: Any) -> list[Any]:
+        """Run read commands (callables taking a pipeline) in one MULTI with the tenant check."""
+        record_key = self._keys(conversation_id)[0]
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(record_key, ["tenant", "step_count", "turn_count"])
+            for command in commands:
+                command(pipe)
+            found: list[Any] = pipe.execute()
+        stored_tenant = found[0][0]
+        if stored_tenant is None or stored_tenant != rules.dumps(tenant).encode():
+            raise ConversationNotFound(conversation_id)
+        return [int(found[0][1]), int(found[0][2]), *found[1:]]
+
+    # ----------------------------------------------------------------- contract
+
+    def create_conversation(
+        self,
+        record: ConversationRecord,
+        *,
+        turns: Sequence[TurnRecord] = (),
+        steps: Sequence[StoredStep] = (),
+    ) -> ConversationRecord:
+        rules.check_new_conversation(record, turns, steps)
+        fields = _fields(record)
+        firsts = [len(steps) + 1] * len(turns)
+        for step in reversed(steps):
+            firsts[step.turn_seq - 1] = step.seq
+        for index in range(len(turns) - 2, -1, -1):  # a turn without steps: its would-be seq
+            firsts[index] = min(firsts[index], firsts[index + 1])
+        used = [(t.idempotency_key, str(t.seq)) for t in turns if t.idempotency_key is not None]
+        args: list[Any] = [_expire_ms(record), len(fields) // 2, *fields, len(turns)]
+        args += [_turn_element(t, f) for t, f in zip(turns, firsts, strict=True)]
+        args += [len(used), *(item for pair in used for item in pair)]
+        args += [rules.dumps([s.turn_seq, s.payload]) for s in steps]
+        with _translate():
+            if not self._create(keys=self._keys(record.id), args=args):
+                raise ConversationExists(record.id)
+            member = keys.index_member(record.created_at, record.id)
+            with self._client.pipeline(transaction=False) as pipe:
+                for index_key in keys.index_keys(self._prefix, record.tenant, record.user):
+                    pipe.zadd(index_key, {member: 0})
+                pipe.execute()
+        return record
+
+    def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
+        rules.check_scope(conversation_id, tenant)
+        with _translate():
+            raw = self._client.hgetall(self._keys(conversation_id)[0])
+        if not raw or raw.get(b"tenant") != rules.dumps(tenant).encode():
+            raise ConversationNotFound(conversation_id)
+        return _record(raw)
+
+    def append_turn(self, commit: TurnCommit) -> AppendResult:
+        rules.check_commit(commit)
+        new, turn = commit.record, commit.turn
+        first = new.step_count - len(commit.steps) + 1
+        fields = _fields(new, _APPEND_FIELDS)[:-2]  # the TTL follows the stored expiry
+        args: list[Any] = [
+            rules.dumps(new.tenant),
+            str(commit.expected_version),
+            turn.idempotency_key or "",
+            _turn_element(turn, first),
+            str(turn.seq),
+            str(new.turn_count - 1),
+            str(first - 1),
+            len(fields) // 2,
+            *fields,
+            *(rules.dumps([s.turn_seq, s.payload]) for s in commit.steps),
+        ]
+        with _translate():
+            status = self._append(keys=self._keys(new.id), args=args)
+        if status[0] == 0:
+            raise ConversationNotFound(new.id)
+        if status[0] == 1:
+            return AppendResult(turn=_turn(status[1]), created=False)
+        if status[0] == 2:
+            raise ConcurrentTurnError(
+                new.id, expected_version=commit.expected_version, actual_version=int(status[1])
+            )
+        if status[0] == 4:
+            raise ValidationError(f"commit for {new.id!r} does not continue the stored counts")
+        return AppendResult(turn=turn, created=True)
+
+    def find_turn(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> TurnRecord | None:
+        rules.check_scope(conversation_id, tenant)
+        turns_key, _, idem_key = self._keys(conversation_id)[1:]
+        with _translate():
+            found = self._scoped(
+                conversation_id, tenant, lambda p: p.hget(idem_key, idempotency_key)
+            )
+            if found[2] is None:
+                return None
+            raw: Any = self._client.lindex(turns_key, int(found[2]) - 1)
+        return None if raw is None else _turn(raw)
+
+    def load_steps(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        newest: int | None = None,
+        turn: int | None = None,
+    ) -> list[StoredStep]:
+        rules.check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
+        _, turns_key, steps_key, _ = self._keys(conversation_id)
+        with _translate():
+            if newest is None and turn is None:
+                found = self._scoped(
+                    conversation_id, tenant, lambda p: p.lrange(steps_key, after_seq, -1)
+                )
+                return _steps(conversation_id, after_seq + 1, found[2])
+            start, stop = after_seq + 1, None
+            if turn is not None:
+                found = self._scoped(
+                    conversation_id, tenant, lambda p: p.lrange(turns_key, turn - 1, turn)
+                )
+                count, spans = found[0], _spans(found[2])
+                if not spans:
+                    return []
+                start = max(start, spans[0].first_step)
+                stop = spans[1].first_step if len(spans) > 1 else count + 1
+            if newest is not None:
+                begin = self._newest_start(conversation_id, tenant, newest)
+                start = max(start, begin[0])
+                stop = begin[1] + 1 if stop is None else min(stop, begin[1] + 1)
+            if stop is None or start >= stop:
+                return []
+            rows: Any = self._client.lrange(steps_key, start - 1, stop - 2)
+        return _steps(conversation_id, start, rows)
+
+    def _newest_start(self, conversation_id: str, tenant: str, newest: int) -> list[int]:
+        """[first seq to load, step count] for ``newest``, reading only the turns tail."""
+        turns_key = self._keys(conversation_id)[1]
+        fetch = 8
+        while True:
+            found = self._scoped(
+                conversation_id, tenant, lambda p, tail=-fetch: p.lrange(turns_key, tail, -1)
+            )
+            count, turn_count, spans = found[0], found[1], _spans(found[2])
+            complete = len(spans) >= turn_count
+            start = rules.newest_start(spans, step_count=count, newest=newest, complete=complete)
+            if start is not None:
+                return [start, count]
+            fetch *= 4
+
+    def load_turns(
+        self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[TurnRecord]:
+        rules.check_load(conversation_id, tenant, after_seq=after_seq, limit=limit)
+        if limit == 0:
+            self.get_conversation(conversation_id, tenant=tenant)
+            return []
+        stop = -1 if limit is None else after_seq + limit - 1
+        turns_key = self._keys(conversation_id)[1]
+        with _translate():
+            found = self._scoped(
+                conversation_id, tenant, lambda p: p.lrange(turns_key, after_seq, stop)
+            )
+        return [_turn(raw) for raw in found[2]]
+
+    def _scan(
+        self, index: str, tenant: str | None, user: str | None, bound: bytes, want: int
+    ) -> list[ConversationRecord]:
+        """Up to ``want`` live records below ``bound`` in ``index``, newest first; dangling
+        entries met on the way are removed from the index."""
+        out: list[ConversationRecord] = []
+        while len(out) < want:
+            members: Any = self._client.zrange(
+                index, bound, "-", desc=True, bylex=True, offset=0, num=_BATCH
+            )
+            if not members:
+                break
+            with self._client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hgetall(self._keys(keys.member_id(member))[0])
+                raws: list[Any] = pipe.execute()
+            dangling = []
+            for member, raw in zip(members, raws, strict=True):
+                record = _record(raw) if raw else None
+                if (
+                    record is None
+                    or (tenant is not None and record.tenant != tenant)
+                    or keys.index_member(record.created_at, record.id).encode() != member
+                ):
+                    dangling.append(member)
+                elif user is None or record.user == user:
+                    out.append(record)
+            if dangling:
+                self._client.zrem(index, *dangling)
+            bound = b"(" + members[-1]
+        return out[:want]
+
+    def list_conversations(
+        self,
+        *,
+        tenant: str | None,
+        user: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        rules.check_list(tenant, user, limit, cursor)
+        bound = b"+"
+        if cursor is not None:
+            bound = b"(" + keys.index_member(*rules.decode_cursor(cursor)).encode()
+        if tenant is None:
+            index = f"{self._prefix}idx:all"
+        else:
+            index = keys.index_keys(self._prefix, tenant, user)[-1]
+        with _translate():
+            items = self._scan(index, tenant, user, bound, limit + 1)
+        next_cursor = None
+        if len(items) > limit:
+            items = items[:limit]
+            next_cursor = rules.encode_cursor(items[-1].created_at, items[-1].id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    def update_conversation(self, record: ConversationRecord) -> ConversationRecord:
+        rules.check_update(record)
+        fields = _fields(record, _UPDATE_FIELDS)
+        args: list[Any] = [rules.dumps(record.tenant), str(record.version - 1), len(fields) // 2]
+        args += fields
+        with _translate():
+            status = self._update(keys=self._keys(record.id), args=args)
+        if status[0] == 0:
+            raise ConversationNotFound(record.id)
+        if status[0] == 2:
+            raise ConcurrentTurnError(
+                record.id, expected_version=record.version - 1, actual_version=int(status[1])
+            )
+        return _record(status[1])
+
+    def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
+        rules.check_scope(conversation_id, tenant)
+        with _translate():
+            return self._remove(conversation_id, tenant)
+
+    def _remove(self, conversation_id: str, tenant: str) -> bool:
+        raw = self._delete(keys=self._keys(conversation_id), args=[rules.dumps(tenant)])
+        if not raw:
+            return False
+        fields = dict(zip(raw[::2], raw[1::2], strict=True))
+        try:
+            user = rules.loads(fields.get(b"user", b"null"))
+            created_at = datetime.fromisoformat(rules.loads(fields[b"created_at"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"deleted conversation had a bad record: {exc}") from exc
+        member = keys.index_member(created_at, conversation_id)
+        with self._client.pipeline(transaction=False) as pipe:
+            for index in keys.index_keys(self._prefix, tenant, user):
+                pipe.zrem(index, member)
+            pipe.execute()
+        return True
+
+    def purge(
+        self,
+        *,
+        now: datetime | None = None,
+        older_than: datetime | None = None,
+        tenant: str | None = None,
+        dry_run: bool = False,
+    ) -> list[ConversationRecord]:
+        moment = rules.check_purge(now, older_than, tenant)
+        index = f"{self._prefix}idx:all" if tenant is None else f"{self._prefix}idx:t:{tenant}"
+        with _translate():
+            # Every listed conversation is read: purge is an operations sweep, not a hot path.
+            records = self._scan(index, tenant, None, b"+", 1 << 62)
+            doomed = [
+                r for r in records if rules.is_purgeable(r, now=moment, older_than=older_than)
+            ]
+            if dry_run:
+                return doomed
+            return [r for r in doomed if self._remove(r.id, r.tenant)]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
