@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -413,18 +414,19 @@ def test_bad_input_changes_nothing(convos: cs.Conversations, emulator: Emulator)
 
 
 def test_create_rejects_bad_settings(convos: cs.Conversations) -> None:
+    tenant = f"t{uuid.uuid4().hex}"
     for kwargs in (
-        {"tenant": "acme", "mode": "sometimes"},
+        {"tenant": tenant, "mode": "sometimes"},
         {"tenant": "a'b"},
         {"tenant": 42},
-        {"tenant": "acme", "generation_config": {"x": object()}},
-        {"tenant": "acme", "settings": {"previous_interaction_id": "x"}},
-        {"tenant": "acme", "model": ""},
-        {"tenant": "acme", "ttl": timedelta(seconds=-1)},
+        {"tenant": tenant, "generation_config": {"x": object()}},
+        {"tenant": tenant, "settings": {"previous_interaction_id": "x"}},
+        {"tenant": tenant, "model": ""},
+        {"tenant": tenant, "ttl": timedelta(seconds=-1)},
     ):
         with pytest.raises(cs.ValidationError):
             convos.create(**kwargs)  # type: ignore[arg-type]
-    assert convos.list(tenant="acme").items == []
+    assert convos.list(tenant=tenant).items == []
 
 
 def test_other_tenant_and_deleted_conversation(
