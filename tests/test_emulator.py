@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -660,3 +663,52 @@ def test_create_app_in_process() -> None:
             return len(body["steps"]), answer(body)[0]
 
     assert asyncio.run(scenario()) == (2, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_module_entry_point_serves_in_the_foreground() -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "convostore.emulator", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--retention", "1d", "--no-api-key"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        banner = proc.stdout.readline().decode() if proc.stdout else ""
+        assert f"http://127.0.0.1:{port}" in banner
+        for _ in range(500):
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/interactions", json={"model": "m", "input": "a"}
+                )
+                break
+            except httpx.ConnectError:
+                time.sleep(0.01)
+        assert response.status_code == 200 and answer(response.json())[2] == "a"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("argv", [["--retention", "soon"], ["--port", "x"]])
+def test_module_entry_point_rejects_bad_arguments(argv: list[str]) -> None:
+    from convostore.emulator import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+
+
+def test_missing_extra_names_the_install_command() -> None:
+    code = "import sys; sys.modules['uvicorn'] = None; import convostore.emulator"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "ConfigurationError" in result.stderr
+    assert "pip install 'convostore[emulator]'" in result.stderr

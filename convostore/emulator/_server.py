@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import uvicorn
@@ -44,6 +44,34 @@ def settings_from_options(
         echo_user_input=echo_user_input,
         reject_unknown_fields=reject_unknown_fields,
     )
+
+
+class _InteractionsView(Mapping[str, dict[str, Any]]):
+    """Live, read-only: each lookup copies one interaction under the lock."""
+
+    def __init__(self, state: EmulatorState) -> None:
+        self._state = state
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        with self._state.lock:
+            found = self._state.live(key)
+            if found is None:
+                raise KeyError(key)
+            return found.as_dict()
+
+    def _keys(self) -> list[str]:
+        with self._state.lock:
+            return [key for key in self._state.interactions if self._state.live(key) is not None]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __contains__(self, key: object) -> bool:
+        with self._state.lock:
+            return isinstance(key, str) and self._state.live(key) is not None
 
 
 class Emulator:
@@ -100,7 +128,12 @@ class Emulator:
             raise ConfigurationError(f"cannot bind {self._host}:{self._port}: {exc}") from exc
         sock.listen(128)
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
         self._socket = sock
@@ -268,14 +301,8 @@ class Emulator:
 
     @property
     def interactions(self) -> Mapping[str, dict[str, Any]]:
-        """Read-only snapshot: id -> stored interaction (live and not expired)."""
-        with self._state.lock:
-            snapshot = {
-                key: rec.as_dict()
-                for key in self._state.interactions
-                if (rec := self._state.live(key)) is not None
-            }
-        return MappingProxyType(snapshot)
+        """Read-only view: id -> stored interaction (live and not expired), copied on access."""
+        return _InteractionsView(self._state)
 
     def __repr__(self) -> str:
         where = self.url if self._socket is not None else "stopped"
