@@ -57,7 +57,9 @@ __all__ = [
     "add_turn",
     "make_commit",
     "make_record",
+    "model_step",
     "new_id",
+    "user_step",
 ]
 
 

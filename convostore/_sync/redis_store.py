@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 import redis.exceptions
+from redis.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from .. import _redis_keys as keys
 from .. import _store_rules as rules
@@ -161,11 +163,18 @@ class RedisStore:
         Args:
             url: the Redis URL.
             key_prefix: prepended to every key, so applications can share a server.
-            **redis_options: passed to ``redis.Redis.from_url`` (e.g. ``socket_timeout``).
+            **redis_options: passed to ``redis.Redis.from_url`` (e.g. ``socket_timeout``,
+                ``retry``; by default 3 retries with jittered backoff on connection errors).
         """
         if redis_options.get("decode_responses"):
             raise ConfigurationError("the Redis store needs decode_responses=False")
         keys.check_prefix(key_prefix)
+        # from_url gives no retry by default; with one, a connection broken by a server
+        # restart is re-opened on the next command. Re-sending a write is safe: the version
+        # check (or the idempotency key) makes a second run of an applied script a no-op.
+        redis_options.setdefault(
+            "retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
+        )
         client = redis.Redis.from_url(url, **redis_options)
         return cls(client, url=url, key_prefix=key_prefix)
 
