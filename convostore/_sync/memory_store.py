@@ -209,7 +209,9 @@ class MemoryStore:
             start = after_seq + 1
             stop = count + 1
             if newest is not None:
-                first = rules.newest_start(conv.spans, step_count=count, newest=newest, complete=True)
+                first = rules.newest_start(
+                    conv.spans, step_count=count, newest=newest, complete=True
+                )
                 start = max(start, first or 1)
             if turn is not None:
                 if turn > len(conv.spans):
