@@ -1,4 +1,5 @@
-"""Rebuild complete steps and the final interaction from stream events (no I/O).
+"""Rebuild complete steps and the final interaction from stream events (no I/O), and the
+event handling both stream flavours share (:class:`BaseInteractionStream`).
 
 The rules are those of ``interactions-api.md`` §8.4:
 
@@ -32,9 +33,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._exceptions import StreamError
-from .models import Interaction, JSONObject, to_wire
+from ._sse import ServerSentEvent, SSEDecoder
+from .models import Interaction, JSONObject, parse_event, to_wire
 
-__all__ = ["StreamAccumulator"]
+__all__ = ["BaseInteractionStream", "StreamAccumulator"]
 
 _MEDIA_DELTAS = frozenset({"image", "audio", "video", "document"})
 _THOUGHT_DELTAS = frozenset({"thought_summary", "thought_signature"})
@@ -210,3 +212,71 @@ def _last_text_part(step: JSONObject) -> JSONObject:
     part = {"type": "text", "text": ""}
     content.append(part)
     return part
+
+
+class BaseInteractionStream:
+    """Event handling shared by both stream flavours: SSE decoding, parsing, accumulation."""
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self._accumulator = StreamAccumulator()
+        self._pending: list[ServerSentEvent] = []
+        self._eof = False
+        self._finished = False
+        self.last_event_id: str | None = None
+        """The id of the last event received: pass it as ``last_event_id`` to resume."""
+
+    @property
+    def interaction(self) -> Interaction | None:
+        """The assembled interaction once ``interaction.completed`` arrived, else None."""
+        return self._accumulator.interaction() if self._accumulator.completed else None
+
+    @property
+    def interaction_id(self) -> str | None:
+        """The interaction's id, known from the first event on."""
+        return self._accumulator.interaction_id
+
+    @property
+    def unknown_deltas(self) -> list[tuple[int, dict[str, Any]]]:
+        """Deltas no rule applied to, as ``(step index, delta)``; see ``StreamAccumulator``."""
+        return self._accumulator.unknown_deltas
+
+    def _feed(self, chunk: bytes | None) -> None:
+        if chunk is None:
+            self._pending.extend(self._decoder.close())
+            self._eof = True
+        else:
+            self._pending.extend(self._decoder.feed(chunk))
+            self._eof = self._decoder.done
+
+    def _feed_interaction(self, interaction: Interaction) -> None:
+        """A streaming request answered with plain JSON: replay it as one completion event."""
+        data = {"event_type": "interaction.completed", "interaction": interaction.raw}
+        self._pending.append(ServerSentEvent(data=json.dumps(data)))
+        self._eof = True
+
+    def _next_event(self) -> Any:
+        """Parse the next pending event (raises StreamError on an ``error`` event)."""
+        sse = self._pending.pop(0)
+        try:
+            data = json.loads(sse.data)
+        except ValueError as exc:
+            raise StreamError("malformed event: data is not JSON") from exc
+        if not isinstance(data, dict):
+            raise StreamError("malformed event: data is not a JSON object")
+        event = parse_event(data)
+        event_id = data.get("event_id")
+        self.last_event_id = event_id if isinstance(event_id, str) else sse.id or self.last_event_id
+        self._accumulator.add(data)
+        if data.get("event_type") == "error":
+            error = self._accumulator.error or {}
+            code = error.get("code")
+            raise StreamError(
+                str(error.get("message") or "the stream reported an error"),
+                code=None if code is None else str(code),
+            )
+        return event
+
+    def _check_complete(self) -> None:
+        if not self._accumulator.completed:
+            raise StreamError("stream ended before interaction.completed")

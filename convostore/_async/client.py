@@ -16,7 +16,6 @@ import httpx
 from .._client_base import (
     DEFAULT_MAX_RETRIES,
     BaseInteractionsClient,
-    BaseInteractionStream,
     ClientSettings,
     check_create_body,
     is_retryable_status,
@@ -27,6 +26,7 @@ from .._client_base import (
     status_error,
 )
 from .._exceptions import APIError, StreamError, ValidationError
+from .._streaming import BaseInteractionStream
 from ..models import Interaction, StepDeltaEvent, TextDelta
 
 __all__ = ["AsyncInteractionStream", "AsyncInteractionsClient"]
