@@ -232,7 +232,7 @@ def normalize_url(url: str, *, is_async: bool) -> URL:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(f"not a SQL URL: {redact(url)!r}") from exc
     backend = _BACKENDS.get(parsed.get_backend_name())
     if backend is None:
