@@ -139,9 +139,18 @@ class ClientSettings:
         )
 
 
+_MIN_REDACTED_LENGTH = 8
+
+
 def redact(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced."""
-    return text.replace(secret, "<redacted>") if secret else text
+    """``text`` with every occurrence of ``secret`` replaced.
+
+    A secret shorter than 8 characters is no real API key, and replacing it everywhere would
+    garble messages (a key ``"k"`` would hit every word with a k), so it is left alone.
+    """
+    if not secret or len(secret) < _MIN_REDACTED_LENGTH:
+        return text
+    return text.replace(secret, "<redacted>")
 
 
 # --------------------------------------------------------------------------- input checks

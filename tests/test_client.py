@@ -4,6 +4,7 @@ retry policy and error translation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import socket
@@ -492,10 +493,12 @@ def test_cut_stream_is_never_a_finished_answer(
     received: list[Any] = []
     with (
         client.stream(model="m", input="long story") as stream,
-        pytest.raises(cs.StreamError, match=r"interaction\.completed|interrupted"),
+        pytest.raises(cs.StreamError, match=r"interaction\.completed|interrupted") as info,
     ):
         for event in stream:
             received.append(event)
+    if "interrupted" in str(info.value):  # a dropped connection rather than a clean EOF
+        assert isinstance(info.value.__cause__, httpx.TransportError)
     assert len(received) == 4
     assert stream.interaction is None
     with pytest.raises(cs.StreamError):
@@ -560,6 +563,103 @@ def test_early_exit_releases_the_connection(emulator: Any) -> None:
         c.close()
         assert not http.is_closed  # not ours to close
     with pytest.raises(cs.APIError, match="closed"):
+        c.create(model="m", input="x")
+
+
+# Endings the emulator cannot produce (a clean EOF or [DONE] before the completion, a drop after
+# it, garbage data) come from canned bodies served by an httpx transport: the client, the parser
+# and the accumulator all run unchanged.
+
+
+def sse(data: dict[str, Any], end: bytes = b"\n\n") -> bytes:
+    return b"data: " + json.dumps(data).encode() + end
+
+
+CREATED = sse(
+    {"event_type": "interaction.created", "interaction": {"id": "i1", "status": "in_progress"}},
+    b"\r\n\r\n",
+)
+STEP = sse({"event_type": "step.start", "index": 0, "step": {"type": "model_output"}}) + sse(
+    {"event_type": "step.delta", "index": 0, "delta": {"type": "text", "text": "Hi"}}, b"\r\r"
+)
+COMPLETED = sse(
+    {"event_type": "interaction.completed", "interaction": {"id": "i1", "status": "completed"}}
+)
+
+
+class Chunks(httpx.SyncByteStream):
+    def __init__(self, chunks: list[bytes], error: Exception | None = None) -> None:
+        self.chunks, self.error = chunks, error
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        if self.error is not None:
+            raise self.error
+
+
+def canned(
+    chunks: list[bytes], *, error: Exception | None = None, content_type: str = "text/event-stream"
+) -> cs.InteractionsClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": content_type} if content_type else {}
+        return httpx.Response(200, headers=headers, stream=Chunks(chunks, error))
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    return cs.InteractionsClient(api_key=KEY, base_url="http://127.0.0.1:9", http_client=http)
+
+
+def test_canned_stream_split_anywhere_rebuilds_the_answer() -> None:
+    raw = b"\xef\xbb\xbf: hi\n\n" + CREATED + STEP + COMPLETED + b"data: [DONE]\n\ndata: junk\n\n"
+    chunks = [raw[i : i + 7] for i in range(0, len(raw), 7)]
+    with canned(chunks).stream(model="m", input="x") as stream:
+        interaction = stream.until_done()
+    assert interaction.steps == [
+        {"type": "model_output", "content": [{"type": "text", "text": "Hi"}]}
+    ]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[CREATED, STEP], [CREATED, STEP, b"data: [DONE]\n\n", COMPLETED], []],
+    ids=["eof", "done", "empty"],
+)
+def test_clean_end_before_completion_is_a_stream_error(chunks: list[bytes]) -> None:
+    with (
+        canned(chunks).stream(model="m", input="x") as stream,
+        pytest.raises(cs.StreamError, match=r"ended before interaction\.completed"),
+    ):
+        list(stream)
+    assert stream.interaction is None
+
+
+def test_connection_drop_before_and_after_completion() -> None:
+    drop = httpx.ReadError("connection reset")
+    with (
+        canned([CREATED, STEP], error=drop).stream(model="m", input="x") as stream,
+        pytest.raises(cs.StreamError, match="interrupted") as info,
+    ):
+        list(stream)
+    assert info.value.__cause__ is drop
+    with canned([CREATED, STEP, COMPLETED], error=drop).stream(model="m", input="x") as stream:
+        assert stream.until_done().status == "completed"  # nothing was lost
+
+
+@pytest.mark.parametrize("data", [b"data: {nope\n\n", b"data: [1, 2]\n\n"])
+def test_malformed_event_data_is_a_stream_error(data: bytes) -> None:
+    with canned([CREATED, data]).stream(model="m", input="x") as stream:
+        events = []
+        with pytest.raises(cs.StreamError, match="malformed"):
+            for event in stream:
+                events.append(event)
+    assert [e.event_type for e in events] == ["interaction.created"]
+
+
+@pytest.mark.parametrize("content_type", ["", "text/html", "application/json"])
+def test_success_answers_that_are_not_interactions(content_type: str) -> None:
+    with canned([b"<html>hi</html>"], content_type=content_type) as c, pytest.raises(cs.APIError):
+        c.create(model="m", input="x")
+    body = [b'{"id": "x"}']  # JSON, but no status
+    with canned(body, content_type="application/json") as c, pytest.raises(cs.APIError):
         c.create(model="m", input="x")
 
 
