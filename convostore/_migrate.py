@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, SchemaError
 from ._urls import redact
 
 if TYPE_CHECKING:
@@ -72,8 +72,12 @@ def _engine(url: str) -> sa.Engine:
 def upgrade_connection(connection: sa.Connection, revision: str = "head") -> None:
     """Upgrade through an open connection (the caller owns its transaction)."""
     from alembic import command
+    from alembic.util import CommandError
 
-    command.upgrade(_config(connection), revision)
+    try:
+        command.upgrade(_config(connection), revision)
+    except CommandError as exc:
+        raise SchemaError(f"cannot upgrade to {revision!r}: {exc}") from exc
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -84,6 +88,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
     Raises:
         StoreUnavailable: the database could not be reached.
+        SchemaError: the database is at a revision this convostore does not know.
         ConfigurationError: not a SQL URL.
     """
     from ._sql import translate_errors
@@ -101,6 +106,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 def downgrade(url: str, revision: str) -> None:
     """Take the database at ``url`` down to ``revision`` (``"base"`` drops everything)."""
     from alembic import command
+    from alembic.util import CommandError
 
     from ._sql import translate_errors
 
@@ -109,7 +115,10 @@ def downgrade(url: str, revision: str) -> None:
         with translate_errors(redact(url)), engine.connect() as conn:
             conn = conn.execution_options(convostore_write=True)
             with conn.begin():
-                command.downgrade(_config(conn), revision)
+                try:
+                    command.downgrade(_config(conn), revision)
+                except CommandError as exc:
+                    raise SchemaError(f"cannot downgrade to {revision!r}: {exc}") from exc
     finally:
         engine.dispose()
 
