@@ -767,10 +767,16 @@ def test_async_faults(emulator: Any) -> None:
 
 def test_async_client_leaves_a_given_http_client_open(emulator: Any) -> None:
     async def main() -> bool:
-        async with httpx.AsyncClient() as http:
+        limits = httpx.Limits(max_connections=1)
+        timeout = httpx.Timeout(5.0, pool=1.0)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
             async with cs.AsyncInteractionsClient(
                 api_key=KEY, base_url=emulator.url, http_client=http
             ) as c:
+                for _ in range(3):  # an early exit releases the only connection
+                    async with c.stream(model="m", input="a long story") as stream:
+                        async for _event in stream:
+                            break
                 await c.create(model="m", input="x")
             return http.is_closed
 

@@ -96,6 +96,11 @@ class AsyncInteractionsClient(BaseInteractionsClient):
     @overload
     async def create(self, *, stream: Literal[True], **body: Any) -> AsyncInteractionStream: ...
 
+    @overload
+    async def create(
+        self, *, stream: bool, **body: Any
+    ) -> Interaction | AsyncInteractionStream: ...
+
     async def create(
         self, *, stream: bool = False, **body: Any
     ) -> Interaction | AsyncInteractionStream:
@@ -154,6 +159,16 @@ class AsyncInteractionsClient(BaseInteractionsClient):
         stream: Literal[True],
         last_event_id: str | None = None,
     ) -> AsyncInteractionStream: ...
+
+    @overload
+    async def get(
+        self,
+        interaction_id: str,
+        *,
+        include_input: bool = False,
+        stream: bool,
+        last_event_id: str | None = None,
+    ) -> Interaction | AsyncInteractionStream: ...
 
     async def get(
         self,

@@ -98,6 +98,11 @@ class InteractionsClient(BaseInteractionsClient):
     @overload
     def create(self, *, stream: Literal[True], **body: Any) -> InteractionStream: ...
 
+    @overload
+    def create(
+        self, *, stream: bool, **body: Any
+    ) -> Interaction | InteractionStream: ...
+
     def create(
         self, *, stream: bool = False, **body: Any
     ) -> Interaction | InteractionStream:
@@ -156,6 +161,16 @@ class InteractionsClient(BaseInteractionsClient):
         stream: Literal[True],
         last_event_id: str | None = None,
     ) -> InteractionStream: ...
+
+    @overload
+    def get(
+        self,
+        interaction_id: str,
+        *,
+        include_input: bool = False,
+        stream: bool,
+        last_event_id: str | None = None,
+    ) -> Interaction | InteractionStream: ...
 
     def get(
         self,
