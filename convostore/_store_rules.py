@@ -47,6 +47,7 @@ __all__ = [
     "is_purgeable",
     "loads",
     "newest_start",
+    "stored_step",
 ]
 
 MAX_IDEMPOTENCY_KEY_LENGTH = MAX_ID_LENGTH
@@ -73,6 +74,40 @@ def loads(text: str | bytes, what: str = "stored record") -> Any:
         return json.loads(text)
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"{what} is not valid JSON: {exc}") from exc
+
+
+# Shared by every step built here, as model_construct(_fields_set=...) would share it;
+# pydantic copies it before changing it (model_copy), and nothing else writes it.
+_STEP_FIELDS = set(StoredStep.model_fields)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def stored_step(conversation_id: str, seq: int, turn_seq: int, payload: Any) -> StoredStep:
+    """A StoredStep for the read path, built without validation (the write path validated
+    it). Several times faster than ``model_construct``, which matters at 10,000 steps.
+
+    Raises:
+        CorruptRecordError: the payload is not a step object.
+    """
+    if type(payload) is not dict or type(payload.get("type")) is not str:
+        raise CorruptRecordError(f"stored step {seq} of {conversation_id!r} is not a step object")
+    step = _new(StoredStep)
+    _set(
+        step,
+        "__dict__",
+        {
+            "conversation_id": conversation_id,
+            "seq": seq,
+            "turn_seq": turn_seq,
+            "type": payload["type"],
+            "payload": payload,
+        },
+    )
+    _set(step, "__pydantic_fields_set__", _STEP_FIELDS)
+    _set(step, "__pydantic_extra__", None)
+    _set(step, "__pydantic_private__", None)
+    return step
 
 
 # --------------------------------------------------------------------------- checks

@@ -220,19 +220,13 @@ class MemoryStore:
                 if turn < len(conv.spans):
                     stop = conv.spans[turn].first_step
             rows = conv.steps[start - 1 : stop - 1]
-        out = []
-        for seq, (turn_seq, text) in enumerate(rows, start=start):
-            payload = rules.loads(text, "stored step")
-            out.append(
-                StoredStep.model_construct(
-                    conversation_id=conversation_id,
-                    seq=seq,
-                    turn_seq=turn_seq,
-                    type=payload["type"],
-                    payload=payload,
-                )
+        payloads = rules.loads("[" + ",".join(text for _, text in rows) + "]", "stored steps")
+        return [
+            rules.stored_step(conversation_id, seq, turn_seq, payload)
+            for seq, ((turn_seq, _), payload) in enumerate(
+                zip(rows, payloads, strict=True), start=start
             )
-        return out
+        ]
 
     def load_turns(
         self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None

@@ -128,16 +128,10 @@ def _steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list[Store
     rows = rules.loads(b"[" + b",".join(raw) + b"]", "stored step")
     try:
         return [
-            StoredStep.model_construct(
-                conversation_id=conversation_id,
-                seq=seq,
-                turn_seq=turn_seq,
-                type=payload["type"],
-                payload=payload,
-            )
+            rules.stored_step(conversation_id, seq, turn_seq, payload)
             for seq, (turn_seq, payload) in enumerate(rows, start=first)
         ]
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise CorruptRecordError(f"stored step does not parse: {exc}") from exc
 
 
