@@ -95,15 +95,14 @@ return 1
 # Returns {0} missing, {1, turn} key already used, {2, version} stale, {4} counts do not
 # continue, {3} written.
 APPEND = """
-if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return {0} end
+local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', 'step_count', '_exp')
+if now[1] ~= ARGV[1] then return {0} end
 if ARGV[3] ~= '' then
   local seq = redis.call('HGET', KEYS[4], ARGV[3])
   if seq then return {1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)} end
 end
-local version = redis.call('HGET', KEYS[1], 'version')
-if version ~= ARGV[2] then return {2, version} end
-if redis.call('HGET', KEYS[1], 'turn_count') ~= ARGV[6]
-  or redis.call('HGET', KEYS[1], 'step_count') ~= ARGV[7] then return {4} end
+if now[2] ~= ARGV[2] then return {2, now[2]} end
+if now[3] ~= ARGV[6] or now[4] ~= ARGV[7] then return {4} end
 redis.call('RPUSH', KEYS[2], ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], ARGV[3], ARGV[5]) end
 local n = tonumber(ARGV[8])
@@ -111,9 +110,8 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n))
 for j = 9 + 2 * n, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
-local expire = redis.call('HGET', KEYS[1], '_exp')
-if expire and expire ~= '' then
-  for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, expire) end
+if now[5] and now[5] ~= '' then
+  for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, now[5]) end
 end
 return {3}
 """

@@ -65,3 +65,19 @@ class TestAsyncStoreConformance(AsyncStoreConformance):
     def async_store_factory(self, request: pytest.FixtureRequest) -> Callable[[], Any]:
         url, options = _target(request)
         return lambda: cs.open_async_store(url, **options)
+
+
+def test_named_memory_stores_share_data_and_private_ones_do_not() -> None:
+    from convostore.testing import add_turn, make_record
+
+    name = f"memory://shared-{uuid.uuid4().hex}"
+    first, second = cs.open_store(name), cs.open_store(name)
+    record = add_turn(first, first.create_conversation(make_record()))
+    assert second.get_conversation(record.id, tenant=record.tenant) == record
+    assert len(second.load_steps(record.id, tenant=record.tenant)) == 2
+    private = cs.open_store("memory://")
+    with pytest.raises(cs.ConversationNotFound):
+        private.get_conversation(record.id, tenant=record.tenant)
+    assert private.url == "memory://" and first.url == name
+    with pytest.raises(cs.ConfigurationError):
+        cs.open_store("memory://", key_prefix="x")
