@@ -7,6 +7,7 @@ connection.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from ._exceptions import (
     StoreUnavailable,
     ValidationError,
 )
-from ._store_rules import dumps, loads
+from ._store_rules import dumps
 from ._urls import redact
 from .models import ConversationRecord, StoredStep, TurnRecord
 
@@ -406,25 +407,45 @@ def step_select(dialect_name: str) -> sa.Select[Any]:
     ).order_by(steps.c.seq)
 
 
+_STEP_FIELDS = set(StoredStep.model_fields)
+
+
+def _stored_step(conversation_id: str, seq: int, turn_seq: int, kind: str, payload: Any) -> Any:
+    # What StoredStep.model_construct does, minus its per-field default handling: every
+    # field is given here, and this runs 10,000 times for a long history.
+    step = object.__new__(StoredStep)
+    fields = {
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "turn_seq": turn_seq,
+        "type": kind,
+        "payload": payload,
+    }
+    object.__setattr__(step, "__dict__", fields)
+    object.__setattr__(step, "__pydantic_fields_set__", _STEP_FIELDS.copy())
+    object.__setattr__(step, "__pydantic_extra__", None)
+    object.__setattr__(step, "__pydantic_private__", None)
+    return step
+
+
 def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
-    """Build steps from rows without pydantic validation (reads are hot; writes validated)."""
+    """Build steps from rows without pydantic validation (reads are hot; writes validated).
+
+    Raises:
+        CorruptRecordError: a row's payload is missing, not JSON, or not a JSON object.
+    """
     out = []
     for seq, turn_seq, kind, payload, payload_text in rows:
         text = payload_text if payload_text is not None else payload
-        if text is None:
-            raise CorruptRecordError(f"step {seq} of {conversation_id!r} has no payload")
-        value = loads(text, f"step {seq} of {conversation_id!r}")
-        if not isinstance(value, dict):
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecordError(
+                f"step {seq} of {conversation_id!r} is not valid JSON: {exc}"
+            ) from exc
+        if type(value) is not dict:
             raise CorruptRecordError(f"step {seq} of {conversation_id!r} is not a JSON object")
-        out.append(
-            StoredStep.model_construct(
-                conversation_id=conversation_id,
-                seq=seq,
-                turn_seq=turn_seq,
-                type=kind,
-                payload=value,
-            )
-        )
+        out.append(_stored_step(conversation_id, seq, turn_seq, kind, value))
     return out
 
 
@@ -440,3 +461,61 @@ def decode_turn(row: Any) -> TurnRecord:
         return TurnRecord.model_validate(dict(row._mapping))
     except PydanticValidationError as exc:
         raise CorruptRecordError(f"turn row does not parse: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- prepared statements
+
+# Built once with bind parameters: building Core statements per call costs more than the
+# round trip on SQLite, and the compiled form is cached under the statement's cache key.
+
+APPEND_FIELDS = (
+    "version",
+    "turn_count",
+    "step_count",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "last_turn_hash",
+    "updated_at",
+)
+UPDATE_FIELDS = (
+    "mode",
+    "model",
+    "config",
+    "metadata",
+    "expires_at",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "updated_at",
+    "version",
+)
+_conv = conversations.c
+_SCOPE = sa.and_(_conv.id == sa.bindparam("w_id"), _conv.tenant == sa.bindparam("w_tenant"))
+
+
+def _versioned_update(fields: Sequence[str]) -> sa.Update:
+    return (
+        conversations.update()
+        .where(_SCOPE, _conv.version == sa.bindparam("w_version"))
+        .values({_conv[name]: sa.bindparam(f"v_{name}", type_=_conv[name].type) for name in fields})
+    )
+
+
+APPEND_UPDATE = _versioned_update(APPEND_FIELDS)
+SETTINGS_UPDATE = _versioned_update(UPDATE_FIELDS)
+SELECT_CONVERSATION = sa.select(conversations).where(_SCOPE)
+SELECT_VERSION = sa.select(_conv.version).where(_SCOPE)
+SELECT_TURN_BY_KEY = (
+    sa.select(turns)
+    .join(conversations, _conv.id == turns.c.conversation_id)
+    .where(_SCOPE, turns.c.conversation_id == sa.bindparam("w_id"))
+    .where(turns.c.idempotency_key == sa.bindparam("w_key"))
+)
+
+
+def versioned_params(record: ConversationRecord, fields: Sequence[str]) -> dict[str, Any]:
+    """Parameters of APPEND_UPDATE / SETTINGS_UPDATE for ``record`` (the version after)."""
+    params = {f"v_{name}": getattr(record, name) for name in fields}
+    params.update(w_id=record.id, w_tenant=record.tenant, w_version=record.version - 1)
+    return params

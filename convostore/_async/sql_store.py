@@ -24,6 +24,13 @@ from .._exceptions import (
     StoreError,
 )
 from .._sql import (
+    APPEND_FIELDS,
+    APPEND_UPDATE,
+    SELECT_CONVERSATION,
+    SELECT_TURN_BY_KEY,
+    SELECT_VERSION,
+    SETTINGS_UPDATE,
+    UPDATE_FIELDS,
     conversation_row,
     conversations,
     decode_conversation,
@@ -38,6 +45,7 @@ from .._sql import (
     step_select,
     translate_errors,
     turn_row,
+    versioned_params,
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
@@ -64,30 +72,6 @@ from ..models import (
 )
 
 IS_ASYNC = True
-
-# What append_turn and update_conversation may change; never the identity or creation time.
-_APPEND_FIELDS = (
-    "version",
-    "turn_count",
-    "step_count",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "last_turn_hash",
-    "updated_at",
-)
-_UPDATE_FIELDS = (
-    "mode",
-    "model",
-    "config",
-    "metadata",
-    "expires_at",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "updated_at",
-    "version",
-)
 
 
 class AsyncSQLStore:
@@ -161,13 +145,8 @@ class AsyncSQLStore:
     async def _record(
         self, conn: AsyncConnection, conversation_id: str, tenant: str
     ) -> ConversationRecord:
-        row = (
-            await conn.execute(
-                sa.select(conversations).where(
-                    conversations.c.id == conversation_id, conversations.c.tenant == tenant
-                )
-            )
-        ).first()
+        scope = {"w_id": conversation_id, "w_tenant": tenant}
+        row = (await conn.execute(SELECT_CONVERSATION, scope)).first()
         if row is None:
             raise ConversationNotFound(conversation_id)
         return decode_conversation(row)
@@ -175,45 +154,19 @@ class AsyncSQLStore:
     async def _turn_by_key(
         self, conn: AsyncConnection, conversation_id: str, tenant: str, key: str
     ) -> TurnRecord | None:
-        row = (
-            await conn.execute(
-                sa.select(turns_table)
-                .join(conversations, conversations.c.id == turns_table.c.conversation_id)
-                .where(
-                    turns_table.c.conversation_id == conversation_id,
-                    turns_table.c.idempotency_key == key,
-                    conversations.c.tenant == tenant,
-                )
-            )
-        ).first()
+        scope = {"w_id": conversation_id, "w_tenant": tenant, "w_key": key}
+        row = (await conn.execute(SELECT_TURN_BY_KEY, scope)).first()
         return None if row is None else decode_turn(row)
 
     async def _stale(
         self, conn: AsyncConnection, record: ConversationRecord
     ) -> ConcurrentTurnError | ConversationNotFound:
-        found = await self._version(conn, record.id, record.tenant)
+        scope = {"w_id": record.id, "w_tenant": record.tenant}
+        found = (await conn.execute(SELECT_VERSION, scope)).scalar_one_or_none()
         if found is None:
             return ConversationNotFound(record.id)
         return ConcurrentTurnError(
             record.id, expected_version=record.version - 1, actual_version=found
-        )
-
-    async def _version(
-        self, conn: AsyncConnection, conversation_id: str, tenant: str
-    ) -> int | None:
-        return (
-            await conn.execute(
-                sa.select(conversations.c.version).where(
-                    conversations.c.id == conversation_id, conversations.c.tenant == tenant
-                )
-            )
-        ).scalar_one_or_none()
-
-    def _scoped(self, record: ConversationRecord) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            conversations.c.id == record.id,
-            conversations.c.tenant == record.tenant,
-            conversations.c.version == record.version - 1,
         )
 
     # ------------------------------------------------------------------ writes
@@ -261,10 +214,8 @@ class AsyncSQLStore:
                         stored = await self._turn_by_key(conn, record.id, record.tenant, key)
                         if stored is not None:
                             return AppendResult(turn=stored, created=False)
-                    values = {name: getattr(record, name) for name in _APPEND_FIELDS}
-                    updated = await conn.execute(
-                        conversations.update().where(self._scoped(record)).values(values)
-                    )
+                    params = versioned_params(record, APPEND_FIELDS)
+                    updated = await conn.execute(APPEND_UPDATE, params)
                     if updated.rowcount != 1:
                         # a writer with the same key may have won the race we just lost
                         if key is not None:
@@ -292,10 +243,8 @@ class AsyncSQLStore:
         _, writer = await self._engines()
         with translate_errors(self.url):
             async with writer.begin() as conn:
-                values = {conversations.c[name]: getattr(record, name) for name in _UPDATE_FIELDS}
-                updated = await conn.execute(
-                    conversations.update().where(self._scoped(record)).values(values)
-                )
+                params = versioned_params(record, UPDATE_FIELDS)
+                updated = await conn.execute(SETTINGS_UPDATE, params)
                 if updated.rowcount != 1:
                     raise await self._stale(conn, record)
                 return await self._record(conn, record.id, record.tenant)

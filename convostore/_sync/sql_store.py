@@ -26,6 +26,13 @@ from .._exceptions import (
     StoreError,
 )
 from .._sql import (
+    APPEND_FIELDS,
+    APPEND_UPDATE,
+    SELECT_CONVERSATION,
+    SELECT_TURN_BY_KEY,
+    SELECT_VERSION,
+    SETTINGS_UPDATE,
+    UPDATE_FIELDS,
     conversation_row,
     conversations,
     decode_conversation,
@@ -40,6 +47,7 @@ from .._sql import (
     step_select,
     translate_errors,
     turn_row,
+    versioned_params,
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
@@ -66,30 +74,6 @@ from ..models import (
 )
 
 IS_ASYNC = False
-
-# What append_turn and update_conversation may change; never the identity or creation time.
-_APPEND_FIELDS = (
-    "version",
-    "turn_count",
-    "step_count",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "last_turn_hash",
-    "updated_at",
-)
-_UPDATE_FIELDS = (
-    "mode",
-    "model",
-    "config",
-    "metadata",
-    "expires_at",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "updated_at",
-    "version",
-)
 
 
 class SQLStore:
@@ -163,13 +147,8 @@ class SQLStore:
     def _record(
         self, conn: Connection, conversation_id: str, tenant: str
     ) -> ConversationRecord:
-        row = (
-            conn.execute(
-                sa.select(conversations).where(
-                    conversations.c.id == conversation_id, conversations.c.tenant == tenant
-                )
-            )
-        ).first()
+        scope = {"w_id": conversation_id, "w_tenant": tenant}
+        row = (conn.execute(SELECT_CONVERSATION, scope)).first()
         if row is None:
             raise ConversationNotFound(conversation_id)
         return decode_conversation(row)
@@ -177,45 +156,19 @@ class SQLStore:
     def _turn_by_key(
         self, conn: Connection, conversation_id: str, tenant: str, key: str
     ) -> TurnRecord | None:
-        row = (
-            conn.execute(
-                sa.select(turns_table)
-                .join(conversations, conversations.c.id == turns_table.c.conversation_id)
-                .where(
-                    turns_table.c.conversation_id == conversation_id,
-                    turns_table.c.idempotency_key == key,
-                    conversations.c.tenant == tenant,
-                )
-            )
-        ).first()
+        scope = {"w_id": conversation_id, "w_tenant": tenant, "w_key": key}
+        row = (conn.execute(SELECT_TURN_BY_KEY, scope)).first()
         return None if row is None else decode_turn(row)
 
     def _stale(
         self, conn: Connection, record: ConversationRecord
     ) -> ConcurrentTurnError | ConversationNotFound:
-        found = self._version(conn, record.id, record.tenant)
+        scope = {"w_id": record.id, "w_tenant": record.tenant}
+        found = (conn.execute(SELECT_VERSION, scope)).scalar_one_or_none()
         if found is None:
             return ConversationNotFound(record.id)
         return ConcurrentTurnError(
             record.id, expected_version=record.version - 1, actual_version=found
-        )
-
-    def _version(
-        self, conn: Connection, conversation_id: str, tenant: str
-    ) -> int | None:
-        return (
-            conn.execute(
-                sa.select(conversations.c.version).where(
-                    conversations.c.id == conversation_id, conversations.c.tenant == tenant
-                )
-            )
-        ).scalar_one_or_none()
-
-    def _scoped(self, record: ConversationRecord) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            conversations.c.id == record.id,
-            conversations.c.tenant == record.tenant,
-            conversations.c.version == record.version - 1,
         )
 
     # ------------------------------------------------------------------ writes
@@ -263,10 +216,8 @@ class SQLStore:
                         stored = self._turn_by_key(conn, record.id, record.tenant, key)
                         if stored is not None:
                             return AppendResult(turn=stored, created=False)
-                    values = {name: getattr(record, name) for name in _APPEND_FIELDS}
-                    updated = conn.execute(
-                        conversations.update().where(self._scoped(record)).values(values)
-                    )
+                    params = versioned_params(record, APPEND_FIELDS)
+                    updated = conn.execute(APPEND_UPDATE, params)
                     if updated.rowcount != 1:
                         # a writer with the same key may have won the race we just lost
                         if key is not None:
@@ -294,10 +245,8 @@ class SQLStore:
         _, writer = self._engines()
         with translate_errors(self.url):
             with writer.begin() as conn:
-                values = {conversations.c[name]: getattr(record, name) for name in _UPDATE_FIELDS}
-                updated = conn.execute(
-                    conversations.update().where(self._scoped(record)).values(values)
-                )
+                params = versioned_params(record, UPDATE_FIELDS)
+                updated = conn.execute(SETTINGS_UPDATE, params)
                 if updated.rowcount != 1:
                     raise self._stale(conn, record)
                 return self._record(conn, record.id, record.tenant)
