@@ -22,10 +22,13 @@ braces (``models.check_id``), so neither keys nor members can collide.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from ._exceptions import ConfigurationError
-from ._store_rules import epoch_us
+from ._exceptions import ConfigurationError, CorruptRecordError
+from ._store_rules import TurnSpan, dumps, epoch_us, loads, stored_step
+from .models import ConversationRecord, StoredStep, TurnRecord
 
 DEFAULT_PREFIX = "convostore:"
 
@@ -63,6 +66,63 @@ def index_member(created_at: datetime, conversation_id: str) -> str:
 def member_id(member: bytes) -> str:
     return member.decode().rpartition("|")[2]
 
+
+# --------------------------------------------------------------------------- element codecs
+
+
+def expire_ms(record: ConversationRecord) -> str:
+    return "" if record.expires_at is None else str(int(record.expires_at.timestamp() * 1000))
+
+
+def record_fields(record: ConversationRecord, names: Sequence[str] | None = None) -> list[str]:
+    data = record.model_dump(mode="json", include=None if names is None else set(names))
+    flat: list[str] = []
+    for name, value in data.items():
+        flat += [name, dumps(value)]
+    return [*flat, "_exp", expire_ms(record)]
+
+
+def decode_record(raw: Any) -> ConversationRecord:
+    """A record from HGETALL's answer (a dict, or a flat list when it came from a script)."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    try:
+        data = {k.decode(): loads(v) for k, v in pairs if not k.startswith(b"_")}
+        return ConversationRecord.model_validate(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"stored conversation does not parse: {exc}") from exc
+
+
+def turn_element(turn: TurnRecord, first_step: int) -> str:
+    return dumps([first_step, turn.status, turn.model_dump(mode="json")])
+
+
+def decode_turn(raw: bytes) -> TurnRecord:
+    try:
+        return TurnRecord.model_validate(loads(raw, "stored turn")[2])
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
+
+
+def decode_spans(raw: Sequence[bytes]) -> list[TurnSpan]:
+    try:
+        return [TurnSpan(*loads(item, "stored turn")[:2]) for item in raw]
+    except (TypeError, KeyError) as exc:
+        raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
+
+
+def decode_steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list[StoredStep]:
+    # One json.loads over the joined elements is much faster than one call per step.
+    rows = loads(b"[" + b",".join(raw) + b"]", "stored step")
+    try:
+        return [
+            stored_step(conversation_id, seq, turn_seq, payload)
+            for seq, (turn_seq, payload) in enumerate(rows, start=first)
+        ]
+    except (TypeError, ValueError) as exc:
+        raise CorruptRecordError(f"stored step does not parse: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- scripts
 
 # KEYS: record, turns, steps, keys.  ARGV: expire-at ms or "", field count, fields/values…,
 # turn count, turns…, idempotency pair count, key/seq…, steps…

@@ -27,9 +27,11 @@ from .models import (
 )
 
 __all__ = [
+    "APPEND_FIELDS",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_LIST_LIMIT",
     "REQUIRES_ACTION",
+    "UPDATE_FIELDS",
     "TurnSpan",
     "check_commit",
     "check_continues",
@@ -50,6 +52,30 @@ __all__ = [
     "stored_step",
 ]
 
+APPEND_FIELDS = (
+    "version",
+    "turn_count",
+    "step_count",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "last_turn_hash",
+    "updated_at",
+)
+"""The conversation fields ``append_turn`` writes (from ``commit.record``)."""
+UPDATE_FIELDS = (
+    "mode",
+    "model",
+    "config",
+    "metadata",
+    "expires_at",
+    "head_interaction_id",
+    "head_created_at",
+    "head_model",
+    "updated_at",
+    "version",
+)
+"""The conversation fields ``update_conversation`` writes; never counts, hash or identity."""
 MAX_IDEMPOTENCY_KEY_LENGTH = MAX_ID_LENGTH
 MAX_LIST_LIMIT = 1000
 REQUIRES_ACTION = "requires_action"

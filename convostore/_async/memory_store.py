@@ -32,30 +32,6 @@ from ..models import (
     TurnRecord,
 )
 
-# The fields append_turn / update_conversation may change; everything else is identity.
-_APPEND_FIELDS = (
-    "version",
-    "turn_count",
-    "step_count",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "last_turn_hash",
-    "updated_at",
-)
-_UPDATE_FIELDS = (
-    "mode",
-    "model",
-    "config",
-    "metadata",
-    "expires_at",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "updated_at",
-    "version",
-)
-
 
 @dataclass
 class _Conversation:
@@ -174,7 +150,7 @@ class AsyncMemoryStore:
                     new.id, expected_version=commit.expected_version, actual_version=stored.version
                 )
             rules.check_continues(stored, commit)
-            conv.record = _merge(stored, new, _APPEND_FIELDS)
+            conv.record = _merge(stored, new, rules.APPEND_FIELDS)
             conv.turns.append(turn_text)
             conv.spans.append(rules.TurnSpan(stored.step_count + 1, turn.status))
             conv.steps.extend(step_rows)
@@ -274,7 +250,7 @@ class AsyncMemoryStore:
                 raise ConcurrentTurnError(
                     record.id, expected_version=record.version - 1, actual_version=stored.version
                 )
-            conv.record = _merge(stored, record, _UPDATE_FIELDS)
+            conv.record = _merge(stored, record, rules.UPDATE_FIELDS)
             return _record(conv)
 
     async def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:

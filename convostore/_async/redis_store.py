@@ -46,28 +46,6 @@ from ..models import (
     TurnRecord,
 )
 
-_APPEND_FIELDS = (
-    "version",
-    "turn_count",
-    "step_count",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "last_turn_hash",
-    "updated_at",
-)
-_UPDATE_FIELDS = (
-    "mode",
-    "model",
-    "config",
-    "metadata",
-    "expires_at",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "updated_at",
-    "version",
-)
 _BATCH = 200
 
 
@@ -80,58 +58,6 @@ def _translate() -> Iterator[None]:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis error: {exc}") from exc
-
-
-def _expire_ms(record: ConversationRecord) -> str:
-    return "" if record.expires_at is None else str(int(record.expires_at.timestamp() * 1000))
-
-
-def _fields(record: ConversationRecord, names: Sequence[str] | None = None) -> list[str]:
-    data = record.model_dump(mode="json", include=None if names is None else set(names))
-    flat: list[str] = []
-    for name, value in data.items():
-        flat += [name, rules.dumps(value)]
-    return [*flat, "_exp", _expire_ms(record)]
-
-
-def _record(raw: Any) -> ConversationRecord:
-    """A record from HGETALL's answer (a dict, or a flat list when it came from a script)."""
-    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
-    try:
-        data = {k.decode(): rules.loads(v) for k, v in pairs if not k.startswith(b"_")}
-        return ConversationRecord.model_validate(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecordError(f"stored conversation does not parse: {exc}") from exc
-
-
-def _turn_element(turn: TurnRecord, first_step: int) -> str:
-    return rules.dumps([first_step, turn.status, turn.model_dump(mode="json")])
-
-
-def _turn(raw: bytes) -> TurnRecord:
-    try:
-        return TurnRecord.model_validate(rules.loads(raw, "stored turn")[2])
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
-
-
-def _spans(raw: Sequence[bytes]) -> list[rules.TurnSpan]:
-    try:
-        return [rules.TurnSpan(*rules.loads(item, "stored turn")[:2]) for item in raw]
-    except (TypeError, KeyError) as exc:
-        raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
-
-
-def _steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list[StoredStep]:
-    # One json.loads over the joined elements is much faster than one call per step.
-    rows = rules.loads(b"[" + b",".join(raw) + b"]", "stored step")
-    try:
-        return [
-            rules.stored_step(conversation_id, seq, turn_seq, payload)
-            for seq, (turn_seq, payload) in enumerate(rows, start=first)
-        ]
-    except (TypeError, ValueError) as exc:
-        raise CorruptRecordError(f"stored step does not parse: {exc}") from exc
 
 
 class AsyncRedisStore:
@@ -197,15 +123,15 @@ class AsyncRedisStore:
         steps: Sequence[StoredStep] = (),
     ) -> ConversationRecord:
         rules.check_new_conversation(record, turns, steps)
-        fields = _fields(record)
+        fields = keys.record_fields(record)
         firsts = [len(steps) + 1] * len(turns)
         for step in reversed(steps):
             firsts[step.turn_seq - 1] = step.seq
         for index in range(len(turns) - 2, -1, -1):  # a turn without steps: its would-be seq
             firsts[index] = min(firsts[index], firsts[index + 1])
         used = [(t.idempotency_key, str(t.seq)) for t in turns if t.idempotency_key is not None]
-        args: list[Any] = [_expire_ms(record), len(fields) // 2, *fields, len(turns)]
-        args += [_turn_element(t, f) for t, f in zip(turns, firsts, strict=True)]
+        args: list[Any] = [keys.expire_ms(record), len(fields) // 2, *fields, len(turns)]
+        args += [keys.turn_element(t, f) for t, f in zip(turns, firsts, strict=True)]
         args += [len(used), *(item for pair in used for item in pair)]
         args += [rules.dumps([s.turn_seq, s.payload]) for s in steps]
         with _translate():
@@ -224,18 +150,20 @@ class AsyncRedisStore:
             raw = await self._client.hgetall(self._keys(conversation_id)[0])
         if not raw or raw.get(b"tenant") != rules.dumps(tenant).encode():
             raise ConversationNotFound(conversation_id)
-        return _record(raw)
+        return keys.decode_record(raw)
 
     async def append_turn(self, commit: TurnCommit) -> AppendResult:
         rules.check_commit(commit)
         new, turn = commit.record, commit.turn
         first = new.step_count - len(commit.steps) + 1
-        fields = _fields(new, _APPEND_FIELDS)[:-2]  # the TTL follows the stored expiry
+        fields = keys.record_fields(new, rules.APPEND_FIELDS)[
+            :-2
+        ]  # the TTL follows the stored expiry
         args: list[Any] = [
             rules.dumps(new.tenant),
             str(commit.expected_version),
             turn.idempotency_key or "",
-            _turn_element(turn, first),
+            keys.turn_element(turn, first),
             str(turn.seq),
             str(new.turn_count - 1),
             str(first - 1),
@@ -248,7 +176,7 @@ class AsyncRedisStore:
         if status[0] == 0:
             raise ConversationNotFound(new.id)
         if status[0] == 1:
-            return AppendResult(turn=_turn(status[1]), created=False)
+            return AppendResult(turn=keys.decode_turn(status[1]), created=False)
         if status[0] == 2:
             raise ConcurrentTurnError(
                 new.id, expected_version=commit.expected_version, actual_version=int(status[1])
@@ -269,7 +197,7 @@ class AsyncRedisStore:
             if found[2] is None:
                 return None
             raw: Any = await self._client.lindex(turns_key, int(found[2]) - 1)
-        return None if raw is None else _turn(raw)
+        return None if raw is None else keys.decode_turn(raw)
 
     async def load_steps(
         self,
@@ -287,13 +215,13 @@ class AsyncRedisStore:
                 found = await self._scoped(
                     conversation_id, tenant, lambda p: p.lrange(steps_key, after_seq, -1)
                 )
-                return _steps(conversation_id, after_seq + 1, found[2])
+                return keys.decode_steps(conversation_id, after_seq + 1, found[2])
             start, stop = after_seq + 1, None
             if turn is not None:
                 found = await self._scoped(
                     conversation_id, tenant, lambda p: p.lrange(turns_key, turn - 1, turn)
                 )
-                count, spans = found[0], _spans(found[2])
+                count, spans = found[0], keys.decode_spans(found[2])
                 if not spans:
                     return []
                 start = max(start, spans[0].first_step)
@@ -305,7 +233,7 @@ class AsyncRedisStore:
             if stop is None or start >= stop:
                 return []
             rows: Any = await self._client.lrange(steps_key, start - 1, stop - 2)
-        return _steps(conversation_id, start, rows)
+        return keys.decode_steps(conversation_id, start, rows)
 
     async def _newest_start(self, conversation_id: str, tenant: str, newest: int) -> list[int]:
         """[first seq to load, step count] for ``newest``, reading only the turns tail."""
@@ -315,7 +243,7 @@ class AsyncRedisStore:
             found = await self._scoped(
                 conversation_id, tenant, lambda p, tail=-fetch: p.lrange(turns_key, tail, -1)
             )
-            count, turn_count, spans = found[0], found[1], _spans(found[2])
+            count, turn_count, spans = found[0], found[1], keys.decode_spans(found[2])
             complete = len(spans) >= turn_count
             start = rules.newest_start(spans, step_count=count, newest=newest, complete=complete)
             if start is not None:
@@ -335,7 +263,7 @@ class AsyncRedisStore:
             found = await self._scoped(
                 conversation_id, tenant, lambda p: p.lrange(turns_key, after_seq, stop)
             )
-        return [_turn(raw) for raw in found[2]]
+        return [keys.decode_turn(raw) for raw in found[2]]
 
     async def _scan(
         self, index: str, tenant: str | None, user: str | None, bound: bytes, want: int
@@ -355,7 +283,7 @@ class AsyncRedisStore:
                 raws: list[Any] = await pipe.execute()
             dangling = []
             for member, raw in zip(members, raws, strict=True):
-                record = _record(raw) if raw else None
+                record = keys.decode_record(raw) if raw else None
                 if (
                     record is None
                     or (tenant is not None and record.tenant != tenant)
@@ -395,7 +323,7 @@ class AsyncRedisStore:
 
     async def update_conversation(self, record: ConversationRecord) -> ConversationRecord:
         rules.check_update(record)
-        fields = _fields(record, _UPDATE_FIELDS)
+        fields = keys.record_fields(record, rules.UPDATE_FIELDS)
         args: list[Any] = [rules.dumps(record.tenant), str(record.version - 1), len(fields) // 2]
         args += fields
         with _translate():
@@ -406,7 +334,7 @@ class AsyncRedisStore:
             raise ConcurrentTurnError(
                 record.id, expected_version=record.version - 1, actual_version=int(status[1])
             )
-        return _record(status[1])
+        return keys.decode_record(status[1])
 
     async def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
         rules.check_scope(conversation_id, tenant)
