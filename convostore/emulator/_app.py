@@ -397,9 +397,9 @@ def _has_key(request: Request) -> bool:
 
 
 async def _dispatch(state: EmulatorState, request: Request, body: Any) -> Response:
-    match = _ROUTE.match(request.url.path)
+    match = _ROUTE.match(request.scope["path"])
     if match is None:
-        raise _Reject(404, "not_found", f"No route for {request.url.path}")
+        raise _Reject(404, "not_found", f"No route for {request.scope['path']}")
     method, interaction_id = request.method, match.group("id")
     query = dict(request.query_params)
     if interaction_id is None:
@@ -412,7 +412,7 @@ async def _dispatch(state: EmulatorState, request: Request, body: Any) -> Respon
         return await _get(state, interaction_id, query)
     elif method == "DELETE":
         return _delete(state, interaction_id)
-    raise _Reject(405, "invalid_request", f"{method} is not allowed on {request.url.path}")
+    raise _Reject(405, "invalid_request", f"{method} is not allowed on {request.scope['path']}")
 
 
 def _handler(state: EmulatorState) -> Callable[[Request], Awaitable[Response]]:
@@ -427,7 +427,7 @@ def _handler(state: EmulatorState) -> Callable[[Request], Awaitable[Response]]:
                 body, bad_json = raw.decode("utf-8", "replace"), True
         recorded = RecordedRequest(
             method=request.method,
-            path=request.url.path,
+            path=request.scope["path"],
             query=dict(request.query_params),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
