@@ -408,6 +408,7 @@ def step_select(dialect_name: str) -> sa.Select[Any]:
 
 
 _STEP_FIELDS = set(StoredStep.model_fields)
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def _stored_step(conversation_id: str, seq: int, turn_seq: int, kind: str, payload: Any) -> Any:
@@ -428,6 +429,15 @@ def _stored_step(conversation_id: str, seq: int, turn_seq: int, kind: str, paylo
     return step
 
 
+def _decode_leniently(conversation_id: str, seq: int, text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise CorruptRecordError(
+            f"step {seq} of {conversation_id!r} is not valid JSON: {exc}"
+        ) from exc
+
+
 def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
     """Build steps from rows without pydantic validation (reads are hot; writes validated).
 
@@ -438,11 +448,12 @@ def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
     for seq, turn_seq, kind, payload, payload_text in rows:
         text = payload_text if payload_text is not None else payload
         try:
-            value = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise CorruptRecordError(
-                f"step {seq} of {conversation_id!r} is not valid JSON: {exc}"
-            ) from exc
+            # what convostore wrote is compact: skip the whitespace scans of json.loads
+            value, end = _raw_decode(text)
+            if end != len(text):
+                raise ValueError("text after the value")
+        except (TypeError, ValueError):
+            value = _decode_leniently(conversation_id, seq, text)
         if type(value) is not dict:
             raise CorruptRecordError(f"step {seq} of {conversation_id!r} is not a JSON object")
         out.append(_stored_step(conversation_id, seq, turn_seq, kind, value))
