@@ -10,6 +10,18 @@ request. Needs the ``emulator`` extra (starlette + uvicorn)::
     with Emulator() as emu:
         client = InteractionsClient(api_key="k", base_url=emu.url)
         emu.fail(429, retry_after_ms=1)
+
+Emulated: create (unary and SSE), get (JSON, SSE replay, ``last_event_id`` resume,
+``include_input``), delete, cancel; ``store`` (default true), ``previous_interaction_id``
+chains without inheritance of interaction-scoped settings, retention and forced expiry;
+``background`` with polling; API key check; the service's validation of ``model``/``agent``,
+unknown fields, input shapes, ``function_result`` placement and signed thoughts before replayed
+``function_call`` steps; usage counted in words.
+
+Not emulated: real generation, media output, built-in tools (search, code execution, MCP…),
+``continuation_token`` / ``requires_continuation``, ``interaction.status_update`` events,
+webhooks, agents beyond echoing ``agent``, Vertex paths, quotas, persistence across restarts
+(state is in memory; thought signatures are valid for one process only).
 """
 
 from __future__ import annotations

@@ -25,16 +25,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from ._model import InputError, generate, normalize_input, validate_context
+from ._responses import EventStream, build_events, interaction_body
 from ._state import (
     EmulatorSettings,
     EmulatorState,
     RecordedRequest,
     StoredInteraction,
-    StreamFault,
-    isoformat,
     new_interaction_id,
 )
 
@@ -119,113 +117,6 @@ def _error(
     )
 
 
-def _frame(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, ensure_ascii=False)
-    return f"event: {event['event_type']}\nid: {event['event_id']}\ndata: {data}\n\n".encode()
-
-
-class _EventStream(Response):
-    """``text/event-stream`` of prepared events, optionally cut or ended by an error event."""
-
-    def __init__(self, events: list[dict[str, Any]], fault: StreamFault | None) -> None:
-        self.status_code = 200
-        self.background = None
-        self.body = b""
-        self.events = events
-        self.fault = fault
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream"),
-            (b"cache-control", b"no-cache"),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        fault = self.fault
-        for position, event in enumerate(self.events):
-            if fault is not None and position == fault.after_events:
-                if fault.code is None:
-                    return  # leave the response incomplete: the server drops the connection
-                error = {
-                    "event_type": "error",
-                    "event_id": str(event["event_id"]),
-                    "error": {"code": fault.code, "message": fault.message},
-                }
-                await send({"type": "http.response.body", "body": _frame(error), "more_body": True})
-                break
-            await send({"type": "http.response.body", "body": _frame(event), "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _interaction_body(
-    rec: StoredInteraction, steps: list[dict[str, Any]] | None, *, include_input: bool = False
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": rec.id, "object": "interaction", "status": rec.status}
-    for key, value in (("model", rec.model), ("agent", rec.agent)):
-        if value is not None:
-            body[key] = value
-    body["created"], body["updated"] = isoformat(rec.created), isoformat(rec.updated)
-    if rec.previous_interaction_id:
-        body["previous_interaction_id"] = rec.previous_interaction_id
-    if steps is not None:
-        body["steps"] = copy.deepcopy(steps)
-    if rec.status != "in_progress":
-        body["usage"] = dict(rec.usage)
-    if include_input:
-        body["input"] = copy.deepcopy(rec.raw_input)
-    return body
-
-
-def _chunks(text: str, words: int = 3) -> list[str]:
-    pieces = re.findall(r"\s*\S+", text)
-    return ["".join(pieces[i : i + words]) for i in range(0, len(pieces), words)] or [text]
-
-
-def _step_events(index: int, step: dict[str, Any]) -> list[dict[str, Any]]:
-    kind = step.get("type")
-    deltas: list[dict[str, Any]] = []
-    if kind == "model_output":
-        start: dict[str, Any] = {"type": "model_output"}
-        for part in step.get("content", []):
-            if part.get("type") == "text":
-                deltas += [{"type": "text", "text": t} for t in _chunks(part["text"])]
-    elif kind == "thought":
-        start = {"type": "thought"}
-        deltas += [{"type": "thought_summary", "content": c} for c in step.get("summary", [])]
-        deltas.append({"type": "thought_signature", "signature": step.get("signature")})
-    elif kind == "function_call":
-        start = {**step, "arguments": {}}
-        encoded = json.dumps(step.get("arguments", {}))
-        deltas += [
-            {"type": "arguments_delta", "arguments": encoded[i : i + 16]}
-            for i in range(0, len(encoded), 16)
-        ]
-    else:
-        start = step
-    return [
-        {"event_type": "step.start", "index": index, "step": start},
-        *({"event_type": "step.delta", "index": index, "delta": d} for d in deltas),
-        {"event_type": "step.stop", "index": index},
-    ]
-
-
-def _events(rec: StoredInteraction) -> list[dict[str, Any]]:
-    head = _interaction_body(rec, None)
-    head["status"] = "in_progress"
-    head.pop("usage", None)
-    events: list[dict[str, Any]] = [{"event_type": "interaction.created", "interaction": head}]
-    for index, step in enumerate(rec.output_steps):
-        events += _step_events(index, step)
-    events.append(
-        {
-            "event_type": "interaction.completed",
-            "interaction": _interaction_body(rec, rec.output_steps),
-        }
-    )
-    for number, event in enumerate(events):
-        event["event_id"] = str(number)
-    return events
-
-
 def _check_create_body(body: Any, settings: EmulatorSettings) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _Reject(400, "invalid_request", "request body must be a JSON object")
@@ -269,7 +160,7 @@ async def _complete_later(state: EmulatorState, rec: StoredInteraction, result: 
         if rec.status == "in_progress":
             rec.output_steps, rec.status, rec.usage = result.steps, result.status, result.usage
             rec.updated = time.time()
-            rec.events = _events(rec)
+            rec.events = build_events(rec)
 
 
 async def _create(state: EmulatorState, raw: Any) -> Response:
@@ -315,7 +206,7 @@ async def _create(state: EmulatorState, raw: Any) -> Response:
         _BACKGROUND_TASKS.add(task)
         task.add_done_callback(_BACKGROUND_TASKS.discard)
     else:
-        rec.events = _events(rec)
+        rec.events = build_events(rec)
     with state.lock:
         if body.get("store", True):
             state.interactions[rec.id] = rec
@@ -325,9 +216,9 @@ async def _create(state: EmulatorState, raw: Any) -> Response:
             response_steps = [s for s in rec.input_steps if s.get("type") == "user_input"] + (
                 response_steps
             )
-        payload = _interaction_body(rec, response_steps)
+        payload = interaction_body(rec, response_steps)
     if body.get("stream") and not rec.background:
-        return _EventStream(rec.events, stream_fault)
+        return EventStream(rec.events, stream_fault)
     return JSONResponse(payload)
 
 
@@ -353,14 +244,14 @@ async def _get(state: EmulatorState, interaction_id: str, query: dict[str, str])
             if not after.lstrip("-").isdigit():
                 raise _Reject(400, "invalid_request", "last_event_id must be an event id")
             events = [e for e in events if int(e["event_id"]) > int(after)]
-        return _EventStream(events, fault)
+        return EventStream(events, fault)
     with state.lock:
         found = state.live(interaction_id)
         if found is None:
             raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
         include = query.get("include_input", "").lower() == "true"
         steps = [*found.input_steps, *found.output_steps]
-        return JSONResponse(_interaction_body(found, steps, include_input=include))
+        return JSONResponse(interaction_body(found, steps, include_input=include))
 
 
 def _delete(state: EmulatorState, interaction_id: str) -> Response:
@@ -383,8 +274,8 @@ def _cancel(state: EmulatorState, interaction_id: str) -> Response:
                 f"Interaction {interaction_id} is not a running background interaction",
             )
         rec.status, rec.updated = "cancelled", time.time()
-        rec.events = _events(rec)
-        return JSONResponse(_interaction_body(rec, []))
+        rec.events = build_events(rec)
+        return JSONResponse(interaction_body(rec, []))
 
 
 def _has_key(request: Request) -> bool:
