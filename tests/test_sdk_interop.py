@@ -187,3 +187,20 @@ def test_async_client(client: Any) -> None:
     assert parse_answer(text)[2] == "async hello"
     assert events[0] == "interaction.created" and events[-1] == "interaction.completed"
     assert after_delete == "gone"
+
+
+def test_background_cancel_and_get_stream_resume(emulator: Emulator, client: Any) -> None:
+    emulator.background_seconds = 60
+    running = client.interactions.create(model=MODEL, input="slow one", background=True)
+    assert running.status == "in_progress"
+    assert client.interactions.cancel(running.id).status == "cancelled"
+    with pytest.raises(sdk_errors.BadRequestError):
+        client.interactions.cancel(running.id)
+    streamed = list(client.interactions.create(model=MODEL, input="a story", stream=True))
+    iid = streamed[0].interaction.id
+    replay = list(client.interactions.get(iid, stream=True))
+    assert [e.event_id for e in replay] == [e.event_id for e in streamed]
+    resumed = list(client.interactions.get(iid, stream=True, last_event_id="2"))
+    assert [e.event_id for e in resumed] == [e.event_id for e in streamed[3:]]
+    with_input = client.interactions.get(iid, include_input=True)
+    assert with_input.input == "a story"
