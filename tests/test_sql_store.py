@@ -235,6 +235,22 @@ def test_sqlite_memory_url_works() -> None:
     assert len(store.load_steps(record.id, tenant=record.tenant)) == 2
     store.close()
 
+    async def async_flavour() -> None:
+        astore = cs.open_async_store("sqlite:///:memory:")
+        await astore.create_conversation(record)
+        assert await astore.get_conversation(record.id, tenant=record.tenant) == record
+        await astore.aclose()
+
+    asyncio.run(async_flavour())
+
+
+def test_unknown_option_is_configuration_error(sqlite_url: str) -> None:
+    with pytest.raises(cs.ConfigurationError, match="pool_sise"):
+        cs.open_store(sqlite_url, pool_sise=3)
+    store = cs.open_store(sqlite_url, engine_options={"pool_size": 2}, echo=False)
+    assert store.list_conversations(tenant=new_id("t")).items == []
+    store.close()
+
 
 # --------------------------------------------------------------------------- server restarts
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .. import _migrate
 from .._exceptions import (
     ConcurrentTurnError,
+    ConfigurationError,
     ConversationExists,
     ConversationNotFound,
     StoreError,
@@ -36,7 +37,6 @@ from .._sql import (
     decode_conversation,
     decode_steps,
     decode_turn,
-    engine_options,
     install_sqlite_hooks,
     normalize_url,
     schema_error,
@@ -46,6 +46,9 @@ from .._sql import (
     translate_errors,
     turn_row,
     versioned_params,
+)
+from .._sql import (
+    engine_options as default_engine_options,
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
@@ -77,11 +80,14 @@ IS_ASYNC = True
 class AsyncSQLStore:
     """A store in a SQL database (see :class:`~convostore._async.store.AsyncStore`)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, engine_options: dict[str, Any] | None = None
+    ) -> None:
         self.url = redact(url)
         self._sa_url = normalize_url(url, is_async=IS_ASYNC)
         self._dialect = self._sa_url.get_backend_name()
-        self._echo = echo
+        self._options: dict[str, Any] = {"echo": echo, **default_engine_options(self._sa_url)}
+        self._options.update(engine_options or {})
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
         self._ready = False
@@ -92,7 +98,20 @@ class AsyncSQLStore:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncSQLStore:
-        """A store for ``url``; no I/O happens until the first operation."""
+        """A store for ``url``; no I/O happens until the first operation.
+
+        Args:
+            url: ``sqlite:///path``, ``postgresql://…``, ``mysql://…`` or ``mariadb://…``
+                (any ``+driver`` is replaced by the one this flavour uses).
+            **options: ``echo`` (log SQL) and ``engine_options`` (extra keyword arguments
+                for SQLAlchemy's engine, e.g. ``pool_size``).
+
+        Raises:
+            ConfigurationError: not a SQL URL, or an unknown option.
+        """
+        unknown = set(options) - {"echo", "engine_options"}
+        if unknown:
+            raise ConfigurationError(f"unknown SQL store option(s): {', '.join(sorted(unknown))}")
         return cls(url, **options)
 
     def __repr__(self) -> str:
@@ -104,9 +123,7 @@ class AsyncSQLStore:
         if self._closed:
             raise StoreError(f"{self.url}: the store is closed")
         if self._engine is None or self._writer is None:
-            engine = create_async_engine(
-                self._sa_url, echo=self._echo, **engine_options(self._sa_url)
-            )
+            engine = create_async_engine(self._sa_url, **self._options)
             if self._dialect == "sqlite":
                 install_sqlite_hooks(engine)
             self._engine = engine

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from .. import _migrate
 from .._exceptions import (
     ConcurrentTurnError,
+    ConfigurationError,
     ConversationExists,
     ConversationNotFound,
     StoreError,
@@ -38,7 +39,6 @@ from .._sql import (
     decode_conversation,
     decode_steps,
     decode_turn,
-    engine_options,
     install_sqlite_hooks,
     normalize_url,
     schema_error,
@@ -48,6 +48,9 @@ from .._sql import (
     translate_errors,
     turn_row,
     versioned_params,
+)
+from .._sql import (
+    engine_options as default_engine_options,
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
@@ -79,11 +82,14 @@ IS_ASYNC = False
 class SQLStore:
     """A store in a SQL database (see :class:`~convostore._sync.store.Store`)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, engine_options: dict[str, Any] | None = None
+    ) -> None:
         self.url = redact(url)
         self._sa_url = normalize_url(url, is_async=IS_ASYNC)
         self._dialect = self._sa_url.get_backend_name()
-        self._echo = echo
+        self._options: dict[str, Any] = {"echo": echo, **default_engine_options(self._sa_url)}
+        self._options.update(engine_options or {})
         self._engine: Engine | None = None
         self._writer: Engine | None = None
         self._ready = False
@@ -94,7 +100,20 @@ class SQLStore:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStore:
-        """A store for ``url``; no I/O happens until the first operation."""
+        """A store for ``url``; no I/O happens until the first operation.
+
+        Args:
+            url: ``sqlite:///path``, ``postgresql://…``, ``mysql://…`` or ``mariadb://…``
+                (any ``+driver`` is replaced by the one this flavour uses).
+            **options: ``echo`` (log SQL) and ``engine_options`` (extra keyword arguments
+                for SQLAlchemy's engine, e.g. ``pool_size``).
+
+        Raises:
+            ConfigurationError: not a SQL URL, or an unknown option.
+        """
+        unknown = set(options) - {"echo", "engine_options"}
+        if unknown:
+            raise ConfigurationError(f"unknown SQL store option(s): {', '.join(sorted(unknown))}")
         return cls(url, **options)
 
     def __repr__(self) -> str:
@@ -106,9 +125,7 @@ class SQLStore:
         if self._closed:
             raise StoreError(f"{self.url}: the store is closed")
         if self._engine is None or self._writer is None:
-            engine = create_engine(
-                self._sa_url, echo=self._echo, **engine_options(self._sa_url)
-            )
+            engine = create_engine(self._sa_url, **self._options)
             if self._dialect == "sqlite":
                 install_sqlite_hooks(engine)
             self._engine = engine
