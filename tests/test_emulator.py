@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from convostore import ValidationError
 from convostore.emulator import Emulator, parse_answer
 
 TOOLS = [
@@ -472,6 +473,10 @@ def test_background_cancel(emulator: Emulator, http: httpx.Client) -> None:
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert http.get(f"/v1/interactions/{started['id']}").json()["status"] == "cancelled"
     assert http.post("/v1/interactions/v1_missing/cancel").status_code == 404
+    both = {"model": "m", "input": "bg", "background": True, "stream": True}
+    response = http.post("/v1/interactions", json=both)
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["status"] == "in_progress"
 
 
 # ----------------------------------------------------------------------------- faults
@@ -712,3 +717,23 @@ def test_missing_extra_names_the_install_command() -> None:
     assert result.returncode != 0
     assert "ConfigurationError" in result.stderr
     assert "pip install 'convostore[emulator]'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [
+        lambda emu: emu.fail(200),
+        lambda emu: emu.fail(429, times=0),
+        lambda emu: emu.delay(-1),
+        lambda emu: emu.delay(1, times=0),
+        lambda emu: emu.cut_stream(after_events=-1),
+        lambda emu: emu.fail_stream(after_events=1, times=0),
+    ],
+)
+def test_bad_fault_settings_are_rejected_and_change_nothing(
+    emulator: Emulator, http: httpx.Client, inject: Any
+) -> None:
+    with pytest.raises(ValidationError):
+        inject(emulator)
+    assert create(http, input="unaffected")["status"] == "completed"
+    assert stream(http, input="whole")[-1]["event_type"] == "interaction.completed"

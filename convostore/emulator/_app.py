@@ -210,14 +210,15 @@ async def _create(state: EmulatorState, raw: Any) -> Response:
     with state.lock:
         if body.get("store", True):
             state.interactions[rec.id] = rec
-        stream_fault = state.take_stream_fault() if body.get("stream") else None
+        streams = bool(body.get("stream")) and not rec.background
+        stream_fault = state.take_stream_fault() if streams else None
         response_steps = copy.deepcopy(rec.output_steps)
         if settings.echo_user_input:
             response_steps = [s for s in rec.input_steps if s.get("type") == "user_input"] + (
                 response_steps
             )
         payload = interaction_body(rec, response_steps)
-    if body.get("stream") and not rec.background:
+    if streams:
         return EventStream(rec.events, stream_fault)
     return JSONResponse(payload)
 

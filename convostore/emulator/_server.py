@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, ValidationError
 from ._app import create_app, default_code
 from ._state import (
     DEFAULT_RETENTION,
@@ -44,6 +44,17 @@ def settings_from_options(
         echo_user_input=echo_user_input,
         reject_unknown_fields=reject_unknown_fields,
     )
+
+
+def _check_times(times: int) -> None:
+    if times < 1:
+        raise ValidationError(f"times must be at least 1, got {times}")
+
+
+def _check_stream_fault(after_events: int, times: int) -> None:
+    if after_events < 0:
+        raise ValidationError(f"after_events must be >= 0, got {after_events}")
+    _check_times(times)
 
 
 class _InteractionsView(Mapping[str, dict[str, Any]]):
@@ -245,7 +256,14 @@ class Emulator:
         code: str | None = None,
         method: str | None = None,
     ) -> None:
-        """Answer the next ``times`` requests (of ``method`` only, if given) with an error."""
+        """Answer the next ``times`` requests (of ``method`` only, if given) with an error.
+
+        Raises:
+            ValidationError: ``status`` is not an HTTP error status or ``times`` < 1.
+        """
+        if not 400 <= status <= 599:
+            raise ValidationError(f"fail() needs an HTTP error status (400-599), got {status}")
+        _check_times(times)
         fault = Fault(
             status=status,
             times=times,
@@ -258,12 +276,25 @@ class Emulator:
             self._state.faults.append(fault)
 
     def delay(self, seconds: float, *, times: int | None = None) -> None:
-        """Sleep ``seconds`` before answering the next ``times`` requests (None: until reset)."""
+        """Sleep ``seconds`` before answering the next ``times`` requests (None: until reset).
+
+        Raises:
+            ValidationError: negative ``seconds`` or ``times`` < 1.
+        """
+        if seconds < 0:
+            raise ValidationError(f"delay() needs seconds >= 0, got {seconds}")
+        if times is not None:
+            _check_times(times)
         with self._state.lock:
             self._state.delay_seconds, self._state.delay_times = seconds, times
 
     def cut_stream(self, after_events: int, *, times: int = 1) -> None:
-        """The next ``times`` streams drop the connection after ``after_events`` events."""
+        """The next ``times`` streams drop the connection after ``after_events`` events.
+
+        Raises:
+            ValidationError: negative ``after_events`` or ``times`` < 1.
+        """
+        _check_stream_fault(after_events, times)
         with self._state.lock:
             self._state.stream_faults.append(StreamFault(after_events=after_events, times=times))
 
@@ -275,7 +306,12 @@ class Emulator:
         message: str = "injected stream error",
         times: int = 1,
     ) -> None:
-        """The next ``times`` streams send an ``error`` event after ``after_events`` events."""
+        """The next ``times`` streams send an ``error`` event after ``after_events`` events.
+
+        Raises:
+            ValidationError: negative ``after_events`` or ``times`` < 1.
+        """
+        _check_stream_fault(after_events, times)
         fault = StreamFault(after_events=after_events, times=times, code=code, message=message)
         with self._state.lock:
             self._state.stream_faults.append(fault)
