@@ -431,6 +431,3 @@ class AsyncSQLStore:
         more = len(rows) > limit
         next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
         return Page(items=items, next_cursor=next_cursor)
-
-
-SQLStore = AsyncSQLStore

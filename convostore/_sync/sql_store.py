@@ -433,6 +433,3 @@ class SQLStore:
         more = len(rows) > limit
         next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
         return Page(items=items, next_cursor=next_cursor)
-
-
-SQLStore = SQLStore
