@@ -204,3 +204,24 @@ def test_background_cancel_and_get_stream_resume(emulator: Emulator, client: Any
     assert [e.event_id for e in resumed] == [e.event_id for e in streamed[3:]]
     with_input = client.interactions.get(iid, include_input=True)
     assert with_input.input == "a story"
+
+
+def test_path_prefix_version_and_revision_header(emulator: Emulator) -> None:
+    sdk = genai.Client(
+        api_key="test-key",
+        http_options=types.HttpOptions(
+            base_url=f"{emulator.url}/proxy/",
+            api_version="v1beta",
+            headers={"Api-Revision": "2026-05-20"},
+            retry_options=types.HttpRetryOptions(attempts=1),
+        ),
+    )
+    try:
+        made = sdk.interactions.create(model=MODEL, input="through a proxy")
+        assert sdk.interactions.get(made.id).id == made.id
+    finally:
+        sdk.close()
+    create_request, get_request = emulator.requests
+    assert create_request.path == "/proxy/v1beta/interactions"
+    assert create_request.headers["api-revision"] == "2026-05-20"
+    assert get_request.path == f"/proxy/v1beta/interactions/{made.id}"

@@ -156,7 +156,7 @@ class EmulatorState:
         if found is None or found.expired:
             return None
         age = time.time() - found.created
-        if age > self.settings.retention.total_seconds():
+        if age >= self.settings.retention.total_seconds():
             return None
         return found
 
