@@ -179,6 +179,8 @@ def test_same_history_by_chain_and_by_replay_gives_same_digest(http: httpx.Clien
     )
     history = [user("I have 2 dogs."), *first["steps"], user("think: paws?"), *second["steps"]]
     assert second["steps"][0]["type"] == "thought"
+    assert second["usage"]["total_thought_tokens"] > 0
+    assert first["usage"]["total_thought_tokens"] == 0
     replayed = create(
         http, input=[*history, user("And cats?")], store=False, system_instruction=system
     )
@@ -259,6 +261,10 @@ def test_interactions_view_is_read_only_snapshot(emulator: Emulator, http: httpx
     assert stored["input_steps"] == [user("view me")]
     assert stored["steps"] == [user("view me"), *body["steps"]]
     assert stored["config"] == {"system_instruction": "S", "tools": TOOLS}
+    assert stored["created"] == body["created"] and stored["previous_interaction_id"] is None
+    child = create(http, input="child", previous_interaction_id=body["id"])
+    assert emulator.interactions[child["id"]]["previous_interaction_id"] == body["id"]
+    assert child["id"] in emulator.interactions and "v1_nope" not in emulator.interactions
     with pytest.raises(TypeError):
         emulator.interactions[body["id"]] = {}  # type: ignore[index]
     stored["steps"].clear()
@@ -514,6 +520,12 @@ def test_delay_applies_to_the_next_requests_only(emulator: Emulator, http: httpx
     emulator.delay(1.0, times=1)
     with pytest.raises(httpx.ReadTimeout):
         http.post("/v1/interactions", json={"model": "m", "input": "hi"}, timeout=0.1)
+    assert create(http, input="hi")["status"] == "completed"
+    emulator.delay(1.0)
+    for _ in range(2):
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/interactions", json={"model": "m", "input": "hi"}, timeout=0.1)
+    emulator.reset()
     assert create(http, input="hi")["status"] == "completed"
 
 
