@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import pydantic
 
@@ -35,9 +35,11 @@ from ._exceptions import (
     StoreError,
     ValidationError,
 )
-from ._sync.client import InteractionsClient
 from ._sync.store import Store
 from .models import ConversationRecord, StoredStep, TurnRecord, parse_step
+
+if TYPE_CHECKING:
+    from ._sync.client import InteractionsClient
 
 __all__ = [
     "Bundle",

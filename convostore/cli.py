@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 from rich.console import Console
@@ -34,12 +35,13 @@ from ._exceptions import (
     StoreUnavailable,
     ValidationError,
 )
-from ._sync.client import InteractionsClient
-from ._sync.conversation import Conversation
-from ._sync.conversations import DEFAULT_MODEL, Conversations
 from ._sync.store import Store
 from ._urls import family, redact
 from .models import MODES, utcnow
+
+if TYPE_CHECKING:
+    from ._sync.client import InteractionsClient
+    from ._sync.conversation import Conversation
 
 __all__ = ["DEFAULT_STORE", "cli", "main", "parse_duration"]
 
@@ -73,7 +75,7 @@ def _err() -> Console:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True, default=str))
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -94,8 +96,23 @@ def open_existing(url: str, *, create: bool = False) -> Store:
     path = _sqlite_file(url)
     if not create and path is not None and not path.exists():
         raise StoreUnavailable(f"{redact(url)}: no such database file ({path})")
-    store: Store = open_store(url)
+    options: dict[str, Any] = {}
+    if family(url) == "redis":
+        url, options = _redis_options(url)
+    store: Store = open_store(url, **options)
     return store
+
+
+def _redis_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Take ``key_prefix`` out of a Redis URL's query (``redis://h/0?key_prefix=app:``): it is
+    a store option, not a connection setting."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "key_prefix"]
+    if not prefixes:
+        return url, {}
+    rest = urlencode([(name, value) for name, value in query if name != "key_prefix"])
+    return urlunsplit(parts._replace(query=rest)), {"key_prefix": prefixes[-1]}
 
 
 @contextmanager
@@ -108,6 +125,8 @@ def _store(url: str, *, create: bool = False) -> Iterator[Store]:
 
 
 def _client(base_url: str | None) -> InteractionsClient:
+    from ._sync.client import InteractionsClient
+
     return InteractionsClient(base_url=base_url or None)
 
 
@@ -133,7 +152,7 @@ def store_option(func: _F) -> _F:
         show_default=True,
         metavar="URL",
         help="Store URL (env CONVOSTORE_URL): sqlite:///file.db, postgresql://…, "
-        "mysql+pymysql://…, redis://…",
+        "mysql+pymysql://…, redis://host:6379/0[?key_prefix=app:]",
     )(func)
 
 
@@ -263,10 +282,10 @@ def cli(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    else:
-        # library warnings (e.g. a chain fallback) are reported by the commands themselves
+    elif not logger.handlers:
+        # without any handler Python prints warnings (e.g. a chain fallback) to stderr;
+        # the commands report what matters themselves
         logger.addHandler(logging.NullHandler())
-        logger.propagate = False
 
 
 # --------------------------------------------------------------------------- browsing
@@ -582,6 +601,8 @@ def delete_command(
     with _store(store_url) as store:
         store.get_conversation(conversation_id, tenant=tenant)
         if remote:
+            from ._sync.conversations import Conversations
+
             with _client(base_url) as client:
                 report = Conversations(store, client).delete(
                     conversation_id, tenant=tenant, remote=True
@@ -646,6 +667,8 @@ def purge_command(
     with _store(store_url) as store:
         if remote and not dry_run:
             doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=True)
+            from ._sync.conversations import Conversations
+
             with _client(base_url) as client:
                 convos = Conversations(store, client)
                 for record in doomed:
@@ -702,6 +725,9 @@ def chat_command(
 ) -> int:
     """Chat in the terminal; answers stream as they arrive. Commands: /history, /fork N,
     /mode M, /usage, /id, /quit (or Ctrl-D). Resume later with --resume ID."""
+    from ._sync.client import InteractionsClient
+    from ._sync.conversations import DEFAULT_MODEL, Conversations
+
     with ExitStack() as stack:
         if use_emulator:
             from .emulator import Emulator
