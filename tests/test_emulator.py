@@ -403,7 +403,10 @@ def test_function_call_round_trip_by_replay(http: httpx.Client) -> None:
     [
         pytest.param(lambda h: [h[0], h[2]], id="thought-missing"),
         pytest.param(lambda h: [h[0], {**h[1], "signature": "AAAA"}, h[2]], id="bad-signature"),
-        pytest.param(lambda h: [h[0], {k: v for k, v in h[1].items() if k != "signature"}, h[2]]),
+        pytest.param(
+            lambda h: [h[0], {k: v for k, v in h[1].items() if k != "signature"}, h[2]],
+            id="signature-removed",
+        ),
         pytest.param(
             lambda h: [h[0], h[1], {**h[2], "arguments": {"city": "Rome", "days": 1}}],
             id="arguments-altered",

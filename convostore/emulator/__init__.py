@@ -1,9 +1,12 @@
 """A local, deterministic Gemini Interactions API server.
 
 It speaks the wire protocol closely enough that the official ``google-genai`` SDK works against
-it unchanged, stores and chains interactions, answers from the context it sees (see
-:mod:`convostore.emulator._model` for the answer format and triggers), and injects faults on
-request. Needs the ``emulator`` extra (starlette + uvicorn)::
+it unchanged, stores and chains interactions, answers from the context it sees, and injects
+faults on request. Every answer starts ``Seen {n} user turn(s); digest {d}. You said: "{latest}".``
+(read it back with :func:`parse_answer`); the digest covers the system instruction and every
+prior step, so chained and replayed histories give the same one. The exact format and the
+triggers (``think``, a declared function's name, ``long``/``story``, ``json``) are documented
+in :mod:`convostore.emulator._model`. Needs the ``emulator`` extra (starlette + uvicorn)::
 
     from convostore.emulator import Emulator
 
