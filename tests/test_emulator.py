@@ -752,3 +752,24 @@ def test_bad_fault_settings_are_rejected_and_change_nothing(
         inject(emulator)
     assert create(http, input="unaffected")["status"] == "completed"
     assert stream(http, input="whole")[-1]["event_type"] == "interaction.completed"
+
+
+def test_concurrent_clients_each_get_their_own_chain(emulator: Emulator) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def conversation(worker: int) -> tuple[int, str]:
+        with httpx.Client(base_url=emulator.url, headers={"x-goog-api-key": "k"}) as client:
+            head = None
+            for turn in range(4):
+                body: dict[str, Any] = {"model": "m", "input": f"w{worker} t{turn}"}
+                if head:
+                    body["previous_interaction_id"] = head
+                head = client.post("/v1/interactions", json=body).json()["id"]
+            final = client.get(f"/v1/interactions/{head}").json()
+            n = answer(final)[0]
+            return n, answer(final)[2]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(conversation, range(6)))
+    assert results == [(4, f"w{w} t3") for w in range(6)]
+    assert len(emulator.requests) == 6 * 5
