@@ -793,6 +793,9 @@ def _chat_loop(console: Console, conv: Conversation, store: Store) -> int:
         except (APIError, StoreError) as exc:
             click.echo()
             console.print(f"[red]error:[/] {escape(str(exc))} (nothing was stored)")
+        except KeyboardInterrupt:
+            click.echo()
+            console.print("[yellow]cancelled[/] (nothing was stored)")
     console.print(f"bye; resume with: convostore chat --resume {conv.id}")
     return 0
 
@@ -897,32 +900,39 @@ def db_upgrade(url: str) -> int:
     return 0
 
 
-@db_group.command("current", epilog="Example: convostore db current postgresql://…/chat")
-@_url_argument
-def db_current(url: str) -> int:
-    """Print the schema revision of the database."""
+def _revision_report(url: str, as_json: bool) -> bool:
+    """Print where the database is; whether it is at the newest revision."""
     from . import _migrate
 
-    revision = _migrate.current(_sql_url(url))
-    click.echo(f"{redact(url)}: {revision or 'not migrated'} (newest {_migrate.head()})")
+    revision, newest = _migrate.current(_sql_url(url)), _migrate.head()
+    if as_json:
+        _emit_json({"url": redact(url), "current": revision, "head": newest})
+    elif revision == newest:
+        click.echo(f"{redact(url)}: up to date ({revision})")
+    else:
+        where = f"at {revision}" if revision else "not migrated"
+        click.echo(f"{redact(url)}: {where}, newest is {newest}")
+    return revision == newest
+
+
+@db_group.command("current", epilog="Example: convostore db current postgresql://…/chat")
+@_url_argument
+@json_option
+def db_current(url: str, as_json: bool) -> int:
+    """Print the schema revision of the database (and the newest one)."""
+    _revision_report(url, as_json)
     return 0
 
 
 @db_group.command("check", epilog="Example: convostore db check postgresql://…/chat || exit 1")
 @_url_argument
-def db_check(url: str) -> int:
+@json_option
+def db_check(url: str, as_json: bool) -> int:
     """Exit 1 if the database is behind the newest schema."""
-    from . import _migrate
-
-    revision = _migrate.current(_sql_url(url))
-    if revision == _migrate.head():
-        click.echo(f"{redact(url)}: up to date ({revision})")
+    if _revision_report(url, as_json):
         return 0
-    click.echo(
-        f"{redact(url)}: at {revision or 'nothing'}, newest is {_migrate.head()}; "
-        f"run: convostore db upgrade URL",
-        err=True,
-    )
+    if not as_json:
+        click.echo("run: convostore db upgrade URL", err=True)
     return 1
 
 
