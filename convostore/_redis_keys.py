@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigurationError, CorruptRecordError
 from ._store_rules import TurnSpan, dumps, epoch_us, loads, stored_step
@@ -43,6 +44,17 @@ def check_prefix(prefix: object) -> str:
     if "{" in prefix or "}" in prefix:
         raise ConfigurationError(f"key_prefix must not contain braces: {prefix!r}")
     return prefix
+
+
+def split_prefix(url: str) -> tuple[str, str | None]:
+    """``(url without key_prefix, key_prefix or None)``: the prefix may ride in the query."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = [value for name, value in query if name == "key_prefix"]
+    if not found:
+        return url, None
+    rest = urlencode([(name, value) for name, value in query if name != "key_prefix"])
+    return urlunsplit(parts._replace(query=rest)), found[-1]
 
 
 def conversation_keys(prefix: str, conversation_id: str) -> list[str]:

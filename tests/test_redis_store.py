@@ -153,6 +153,20 @@ def test_options_are_checked_without_io() -> None:
         cs.open_store("redis://127.0.0.1:1/0", key_prefix="{app}:")
     with pytest.raises(cs.ConfigurationError):
         cs.open_store("redis://127.0.0.1:1/0", decode_responses=True)
+    with pytest.raises(cs.ConfigurationError):
+        cs.open_store("redis://127.0.0.1:1/0?key_prefix=a:", key_prefix="b:")
+
+
+def test_key_prefix_in_the_url(redis_url: str, redis_prefix: str) -> None:
+    separator = "&" if "?" in redis_url else "?"
+    in_url = cs.open_store(f"{redis_url}{separator}key_prefix={redis_prefix}")
+    by_option = cs.open_store(redis_url, key_prefix=redis_prefix)
+    try:
+        record = in_url.create_conversation(make_record())
+        assert by_option.get_conversation(record.id, tenant=record.tenant) == record
+    finally:
+        in_url.close()
+        by_option.close()
 
 
 def test_newest_reads_only_the_tail(store: RedisStore) -> None:

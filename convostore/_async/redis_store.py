@@ -75,27 +75,31 @@ class AsyncRedisStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, key_prefix: str = keys.DEFAULT_PREFIX, **redis_options: Any
+        cls, url: str, *, key_prefix: str | None = None, **redis_options: Any
     ) -> AsyncRedisStore:
         """Open (lazily: no I/O here) a store on ``redis://`` / ``rediss://``.
 
         Args:
-            url: the Redis URL.
-            key_prefix: prepended to every key, so applications can share a server.
+            url: the Redis URL; ``?key_prefix=app:`` in it sets the key prefix too.
+            key_prefix: prepended to every key, so applications can share a server
+                (default ``convostore:``).
             **redis_options: passed to ``redis.Redis.from_url`` (e.g. ``socket_timeout``,
                 ``retry``; by default 3 retries with jittered backoff on connection errors).
         """
         if redis_options.get("decode_responses"):
             raise ConfigurationError("the Redis store needs decode_responses=False")
-        keys.check_prefix(key_prefix)
+        driver_url, in_url = keys.split_prefix(url)
+        if key_prefix is not None and in_url is not None and key_prefix != in_url:
+            raise ConfigurationError("key_prefix given both in the URL and as an option")
+        prefix = keys.check_prefix(key_prefix or in_url or keys.DEFAULT_PREFIX)
         # from_url gives no retry by default; with one, a connection broken by a server
         # restart is re-opened on the next command. Re-sending a write is safe: the version
         # check (or the idempotency key) makes a second run of an applied script a no-op.
         redis_options.setdefault(
             "retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
         )
-        client = redis.asyncio.Redis.from_url(url, **redis_options)
-        return cls(client, url=url, key_prefix=key_prefix)
+        client = redis.asyncio.Redis.from_url(driver_url, **redis_options)
+        return cls(client, url=url, key_prefix=prefix)
 
     def _keys(self, conversation_id: str) -> list[str]:
         return keys.conversation_keys(self._prefix, conversation_id)
