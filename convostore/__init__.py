@@ -6,7 +6,9 @@ from __future__ import annotations
 from ._async.client import AsyncInteractionsClient, AsyncInteractionStream
 from ._async.conversation import AsyncConversation, AsyncTurnStream
 from ._async.conversations import AsyncConversations
+from ._async.encrypted_store import AsyncEncryptedStore, async_rotate_keys
 from ._async.store import AsyncStore
+from ._encryption import KeyRing, RotationReport
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -20,8 +22,11 @@ from ._exceptions import (
     ConversationExists,
     ConversationNotFound,
     ConvostoreError,
+    CorruptCiphertextError,
     CorruptRecordError,
+    EncryptionError,
     InternalServerError,
+    MissingKeyError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -31,13 +36,15 @@ from ._exceptions import (
     StreamError,
     UnprocessableEntityError,
     ValidationError,
+    WrongKeyError,
 )
-from ._planner import Policy
 from ._migrate import upgrade as migrate
+from ._planner import Policy
 from ._registry import open_async_store, open_store
 from ._sync.client import InteractionsClient, InteractionStream
 from ._sync.conversation import Conversation, TurnStream
 from ._sync.conversations import Conversations
+from ._sync.encrypted_store import EncryptedStore, rotate_keys
 from ._sync.store import Store
 from .models import (
     ConversationRecord,
@@ -59,6 +66,7 @@ __all__ = [
     "APITimeoutError",
     "AsyncConversation",
     "AsyncConversations",
+    "AsyncEncryptedStore",
     "AsyncInteractionStream",
     "AsyncInteractionsClient",
     "AsyncStore",
@@ -74,18 +82,24 @@ __all__ = [
     "ConversationRecord",
     "Conversations",
     "ConvostoreError",
+    "CorruptCiphertextError",
     "CorruptRecordError",
     "DeleteReport",
+    "EncryptedStore",
+    "EncryptionError",
     "Interaction",
     "InteractionStream",
     "InteractionsClient",
     "InternalServerError",
+    "KeyRing",
+    "MissingKeyError",
     "NotFoundError",
     "Page",
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
     "Reason",
+    "RotationReport",
     "SchemaError",
     "Store",
     "StoreError",
@@ -97,8 +111,11 @@ __all__ = [
     "TurnStream",
     "UnprocessableEntityError",
     "ValidationError",
+    "WrongKeyError",
     "__version__",
+    "async_rotate_keys",
     "migrate",
     "open_async_store",
     "open_store",
+    "rotate_keys",
 ]

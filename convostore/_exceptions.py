@@ -13,7 +13,11 @@ raises on purpose. Driver and HTTP errors are translated at one boundary per lay
     │   ├── ConcurrentTurnError                  the version an append was planned against is stale
     │   ├── SchemaError                          database schema missing or behind; names the fix
     │   ├── StoreUnavailable                     the backend could not be reached
-    │   └── CorruptRecordError                   a stored row that does not parse
+    │   ├── CorruptRecordError                   a stored row that does not parse
+    │   └── EncryptionError                      encryption at rest (names the conversation)
+    │       ├── MissingKeyError                  the data's key id is not in the key ring
+    │       ├── WrongKeyError                    the key ring holds a different key under that id
+    │       └── CorruptCiphertextError           ciphertext altered, moved, or not encrypted
     └── APIError                    the Interactions API (or the emulator)
         ├── APIConnectionError                   could not connect / connection dropped
         │   └── APITimeoutError                  no answer in time (never retried on create)
@@ -46,8 +50,11 @@ __all__ = [
     "ConversationExists",
     "ConversationNotFound",
     "ConvostoreError",
+    "CorruptCiphertextError",
     "CorruptRecordError",
+    "EncryptionError",
     "InternalServerError",
+    "MissingKeyError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -57,6 +64,7 @@ __all__ = [
     "StreamError",
     "UnprocessableEntityError",
     "ValidationError",
+    "WrongKeyError",
     "status_error_class",
 ]
 
@@ -119,6 +127,40 @@ class StoreUnavailable(StoreError):
 
 class CorruptRecordError(StoreError):
     """A stored record could not be decoded; never skipped silently."""
+
+
+class EncryptionError(StoreError):
+    """Stored data could not be decrypted; never skipped silently.
+
+    ``conversation_id`` names the conversation, ``seq`` the step (None for the conversation's
+    data key or settings), ``kid`` the key id the data names (when it could be read).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        conversation_id: str,
+        seq: int | None = None,
+        kid: str | None = None,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.kid = kid
+        where = f"conversation {conversation_id!r}" + ("" if seq is None else f" step {seq}")
+        super().__init__(f"{where}: {message}")
+
+
+class MissingKeyError(EncryptionError):
+    """The key id the data was encrypted under is not in the key ring."""
+
+
+class WrongKeyError(EncryptionError):
+    """The key ring holds a different key under the data's key id (its check value differs)."""
+
+
+class CorruptCiphertextError(EncryptionError):
+    """Ciphertext failed authentication (altered, moved to another place) or is malformed."""
 
 
 class APIError(ConvostoreError):

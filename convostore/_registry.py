@@ -45,12 +45,28 @@ def _factory(url: str, flavour: str) -> Any:
     return getattr(module, class_name)
 
 
-def open_store(url: str, **options: Any) -> Any:
+def _open(url: str, flavour: str, encryption: Any, options: dict[str, Any]) -> Any:
+    if encryption is None:
+        return _factory(url, flavour).from_url(url, **options)
+    from ._encryption import KeyRing
+
+    # checked before the backend opens, so a bad option leaves no connection behind
+    if not isinstance(encryption, KeyRing):
+        raise ConfigurationError(
+            f"encryption= takes a convostore.KeyRing, not {type(encryption).__name__}"
+        )
+    module = importlib.import_module(f"convostore.{flavour}.encrypted_store")
+    wrapper = getattr(module, "AsyncEncryptedStore" if flavour == "_async" else "EncryptedStore")
+    return wrapper(_factory(url, flavour).from_url(url, **options), encryption)
+
+
+def open_store(url: str, *, encryption: Any = None, **options: Any) -> Any:
     """Open a store by URL: ``sqlite:///chat.db``, ``postgresql://…``, ``mysql+pymysql://…``,
-    ``redis://…``, ``memory://``. Options go to the backend (e.g. ``key_prefix`` for Redis)."""
-    return _factory(url, "_sync").from_url(url, **options)
+    ``redis://…``, ``memory://``. Options go to the backend (e.g. ``key_prefix`` for Redis).
+    ``encryption=KeyRing(...)`` encrypts step payloads and settings at rest."""
+    return _open(url, "_sync", encryption, options)
 
 
-def open_async_store(url: str, **options: Any) -> Any:
+def open_async_store(url: str, *, encryption: Any = None, **options: Any) -> Any:
     """The asyncio twin of :func:`open_store`."""
-    return _factory(url, "_async").from_url(url, **options)
+    return _open(url, "_async", encryption, options)

@@ -1,0 +1,300 @@
+# Generated from convostore/_async by scripts/unasync.py. Do not edit.
+"""A store wrapper that encrypts step payloads and settings at rest (see convostore._encryption).
+
+``open_store(url, encryption=KeyRing(...))`` returns one. It implements the whole store
+contract over any backend: it checks its input as every store does, seals what it writes and
+opens what it reads. Ids, tenants, timestamps, counts, versions, step types, turn records
+(status, usage, interaction ids) stay readable by the backend, which orders, lists and cuts
+histories with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from .. import _encryption as enc
+from .. import _store_rules as rules
+from .._exceptions import ConcurrentTurnError, ConversationNotFound, CorruptCiphertextError
+from ..models import (
+    AppendResult,
+    ConversationRecord,
+    Page,
+    StoredStep,
+    TurnCommit,
+    TurnRecord,
+)
+from .store import Store
+
+__all__ = ["EncryptedStore", "rotate_keys"]
+
+
+class EncryptedStore:
+    """Wraps a store so that what it stores is encrypted under ``keyring``.
+
+    Args:
+        inner: the backend store; the wrapper closes it on ``close``.
+        keyring: the key-encryption keys; new data keys are wrapped under its primary.
+        cache_size: how many unwrapped data keys to keep in memory (LRU by conversation).
+
+    Reads raise :class:`~convostore.MissingKeyError`, :class:`~convostore.WrongKeyError` or
+    :class:`~convostore.CorruptCiphertextError`; nothing undecryptable is ever skipped.
+    """
+
+    def __init__(self, inner: Store, keyring: enc.KeyRing, *, cache_size: int = 1024) -> None:
+        self.inner = inner
+        self.keyring = keyring
+        self.url: str = inner.url
+        self._deks = enc.DataKeyCache(cache_size)
+
+    def __repr__(self) -> str:
+        return f"<EncryptedStore {self.url} {self.keyring!r}>"
+
+    # ------------------------------------------------------------------ data keys
+
+    def _open_record(self, stored: ConversationRecord) -> ConversationRecord:
+        """The caller's view of a stored record; caches its data key."""
+        dek = enc.unwrap_dek(self.keyring, enc.envelope_of(stored), stored.id)
+        self._deks.put(stored.id, dek, stored.created_at)
+        metadata = {k: v for k, v in stored.metadata.items() if k != enc.DEK_FIELD}
+        config = enc.open_config(dek, stored.id, stored.config)
+        return stored.model_copy(update={"config": config, "metadata": metadata})
+
+    def _dek(
+        self, conversation_id: str, tenant: str, created_at: datetime | None = None
+    ) -> bytes:
+        cached = self._deks.get(conversation_id)
+        if cached is not None and (created_at is None or cached[1] == created_at):
+            return cached[0]
+        return self._fresh_dek(conversation_id, tenant)
+
+    def _fresh_dek(self, conversation_id: str, tenant: str) -> bytes:
+        stored = self.inner.get_conversation(conversation_id, tenant=tenant)
+        dek = enc.unwrap_dek(self.keyring, enc.envelope_of(stored), stored.id)
+        self._deks.put(stored.id, dek, stored.created_at)
+        return dek
+
+    # ------------------------------------------------------------------ the contract
+
+    def create_conversation(
+        self,
+        record: ConversationRecord,
+        *,
+        turns: Sequence[TurnRecord] = (),
+        steps: Sequence[StoredStep] = (),
+    ) -> ConversationRecord:
+        rules.check_new_conversation(record, turns, steps)
+        enc.check_unreserved(record.metadata)
+        dek = enc.new_dek()
+        sealed = record.model_copy(
+            update={
+                "config": enc.seal_config(dek, record.id, record.config),
+                "metadata": {
+                    **record.metadata,
+                    enc.DEK_FIELD: enc.wrap_dek(self.keyring, dek, record.id),
+                },
+            }
+        )
+        created = self.inner.create_conversation(
+            sealed, turns=turns, steps=[enc.seal_step(dek, s) for s in steps]
+        )
+        self._deks.put(record.id, dek, created.created_at)
+        return created.model_copy(update={"config": record.config, "metadata": record.metadata})
+
+    def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
+        return self._open_record(self.inner.get_conversation(conversation_id, tenant=tenant))
+
+    def append_turn(self, commit: TurnCommit) -> AppendResult:
+        rules.check_commit(commit)
+        record = commit.record
+        dek = self._dek(record.id, record.tenant, record.created_at)
+        # append never writes config or metadata; sealing the config all the same keeps
+        # plaintext settings out of any backend that logs or caches what it is handed
+        sealed = commit.model_copy(
+            update={
+                "record": record.model_copy(
+                    update={"config": enc.seal_config(dek, record.id, record.config)}
+                ),
+                "steps": [enc.seal_step(dek, s) for s in commit.steps],
+            }
+        )
+        return self.inner.append_turn(sealed)
+
+    def find_turn(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> TurnRecord | None:
+        return self.inner.find_turn(
+            conversation_id, tenant=tenant, idempotency_key=idempotency_key
+        )
+
+    def load_steps(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        newest: int | None = None,
+        turn: int | None = None,
+    ) -> list[StoredStep]:
+        stored = self.inner.load_steps(
+            conversation_id, tenant=tenant, after_seq=after_seq, newest=newest, turn=turn
+        )
+        if not stored:
+            return []
+        cached = self._deks.get(conversation_id) is not None
+        dek = self._dek(conversation_id, tenant)
+        try:
+            return [enc.open_step(dek, s) for s in stored]
+        except CorruptCiphertextError:
+            if not cached:
+                raise
+        # the cached key may belong to an earlier conversation under this id (deleted and
+        # re-created by another process): one re-read settles it
+        dek = self._fresh_dek(conversation_id, tenant)
+        return [enc.open_step(dek, s) for s in stored]
+
+    def load_turns(
+        self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[TurnRecord]:
+        return self.inner.load_turns(
+            conversation_id, tenant=tenant, after_seq=after_seq, limit=limit
+        )
+
+    def list_conversations(
+        self,
+        *,
+        tenant: str | None,
+        user: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        page = self.inner.list_conversations(
+            tenant=tenant, user=user, limit=limit, cursor=cursor
+        )
+        return page.model_copy(update={"items": [self._open_record(r) for r in page.items]})
+
+    def update_conversation(self, record: ConversationRecord) -> ConversationRecord:
+        rules.check_update(record)
+        enc.check_unreserved(record.metadata)
+        # the stored envelope is read, not taken from the cache: a rotation may have re-wrapped
+        # it since, and writing back an older envelope would undo that rotation
+        stored = self.inner.get_conversation(record.id, tenant=record.tenant)
+        envelope = enc.envelope_of(stored)
+        dek = enc.unwrap_dek(self.keyring, envelope, stored.id)
+        sealed = record.model_copy(
+            update={
+                "config": enc.seal_config(dek, record.id, record.config),
+                "metadata": {**record.metadata, enc.DEK_FIELD: envelope},
+            }
+        )
+        return self._open_record(self.inner.update_conversation(sealed))
+
+    def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
+        deleted = self.inner.delete_conversation(conversation_id, tenant=tenant)
+        if deleted:
+            self._deks.drop(conversation_id)
+        return deleted
+
+    def purge(
+        self,
+        *,
+        now: datetime | None = None,
+        older_than: datetime | None = None,
+        tenant: str | None = None,
+        dry_run: bool = False,
+    ) -> list[ConversationRecord]:
+        """As the contract says. Deleting needs no key (a lost key never makes data
+        undeletable), but the records returned are decrypted: an undecryptable one raises
+        after the deletion, naming the conversation."""
+        purged = self.inner.purge(
+            now=now, older_than=older_than, tenant=tenant, dry_run=dry_run
+        )
+        if not dry_run:
+            for record in purged:
+                self._deks.drop(record.id)
+        return [self._open_record(r) for r in purged]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def rotate_keys(
+    store: Store | EncryptedStore,
+    keyring: enc.KeyRing,
+    *,
+    tenant: str | None = None,
+    page_size: int = 200,
+    max_retries: int = 10,
+) -> enc.RotationReport:
+    """Re-wrap every conversation's data key under ``keyring.primary``.
+
+    O(conversations): the payloads stay encrypted under their data keys, which do not
+    change; only the wrapping does. Each conversation is written through
+    ``update_conversation`` under the version check, re-read and retried when a turn lands
+    in between. Running it again is harmless (already re-wrapped conversations are counted
+    as ``current``); an interrupted run can simply be restarted.
+
+    Args:
+        store: the backend store, or an encrypted store (its backend is used).
+        keyring: holds the new primary key and every key id still in use.
+        tenant: only this tenant's conversations (default: every tenant).
+        page_size: conversations listed per page.
+        max_retries: re-reads allowed for one conversation before giving up.
+
+    Raises:
+        MissingKeyError, WrongKeyError, CorruptCiphertextError: a data key could not be
+            unwrapped; the conversations before it are rotated, none after it is skipped
+            silently.
+        ConcurrentTurnError: one conversation kept changing for ``max_retries`` re-reads.
+    """
+    inner = store.inner if isinstance(store, EncryptedStore) else store
+    counts = {"conversations": 0, "rewrapped": 0, "current": 0, "vanished": 0, "retries": 0}
+    cursor: str | None = None
+    while True:
+        page = inner.list_conversations(tenant=tenant, limit=page_size, cursor=cursor)
+        for listed in page.items:
+            counts["conversations"] += 1
+            outcome = _rotate_one(inner, keyring, listed, max_retries, counts)
+            counts[outcome] += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return enc.RotationReport(primary=keyring.primary, **counts)
+
+
+def _rotate_one(
+    inner: Store,
+    keyring: enc.KeyRing,
+    record: ConversationRecord,
+    max_retries: int,
+    counts: dict[str, int],
+) -> str:
+    attempt = 0
+    while True:
+        envelope = enc.envelope_of(record)
+        if enc.is_current(keyring, envelope):
+            return "current"
+        dek = enc.unwrap_dek(keyring, envelope, record.id)
+        rewrapped = record.model_copy(
+            update={
+                "version": record.version + 1,
+                "metadata": {
+                    **record.metadata,
+                    enc.DEK_FIELD: enc.wrap_dek(keyring, dek, record.id),
+                },
+            }
+        )
+        try:
+            inner.update_conversation(rewrapped)
+            return "rewrapped"
+        except ConversationNotFound:
+            return "vanished"
+        except ConcurrentTurnError:
+            attempt += 1
+            counts["retries"] += 1
+            if attempt > max_retries:
+                raise
+        try:
+            record = inner.get_conversation(record.id, tenant=record.tenant)
+        except ConversationNotFound:
+            return "vanished"
