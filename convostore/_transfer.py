@@ -338,8 +338,9 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
     """Check one stored conversation; return its problems (empty: all good).
 
     Checks: turn and step seqs contiguous from 1, ``turn_count``/``step_count`` equal to what
-    is stored, the chain linear, the head and ``last_turn_hash`` matching the last turn, every
-    payload a step that parses, and the audit hash chain (:func:`convostore._audit.verify`).
+    is stored, a version not behind the turns appended, the chain linear, the head and
+    ``last_turn_hash`` matching the last turn, every payload a step that parses, and the audit
+    hash chain (:func:`convostore._audit.verify`).
     """
     try:
         turns = store.load_turns(record.id, tenant=record.tenant)
@@ -353,8 +354,12 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         problems.append(f"turn_count is {record.turn_count} but {len(turns)} turns are stored")
     if record.step_count != len(steps):
         problems.append(f"step_count is {record.step_count} but {len(steps)} steps are stored")
-    if record.version < 0:
-        problems.append(f"version {record.version} is negative")
+    forked = record.metadata.get("forked_from")
+    inherited = forked.get("turn", 0) if isinstance(forked, dict) else 0
+    appended = len(turns) - (inherited if isinstance(inherited, int) else 0)
+    if record.version < appended:
+        # every append advances the version; a fork starts at 0 with its inherited turns
+        problems.append(f"version {record.version} is behind its {appended} appended turn(s)")
     problems.extend(_audit.verify(turns, steps))
     for step in steps:
         if step.payload.get("type") != step.type:
