@@ -25,6 +25,7 @@ lists it in ``known_divergences`` (test name -> reason): those tests become stri
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -292,8 +293,16 @@ class StoreConformance(_Divergences):
         assert isinstance(steps[4].payload["float"], float)
         assert isinstance(steps[4].payload["int"], int)
         assert steps[6].payload["big"] == 12345678901234567
-        # what a caller gets back is its own copy
+        # what a caller gets back, or handed in, is its own copy
         steps[0].payload["content"].append("mutated")
+        handed = copy.deepcopy(VERBATIM_STEPS[0])
+        commit = make_commit(store.get_conversation(record.id, tenant=record.tenant), [handed])
+        store.append_turn(commit)
+        handed["content"].append("mutated after the append")
+        assert (
+            store.load_steps(record.id, tenant=record.tenant, turn=2)[0].payload
+            == (VERBATIM_STEPS[0])
+        )
         again = store.load_steps(record.id, tenant=record.tenant)
         assert again[0].payload == VERBATIM_STEPS[0]
 
@@ -306,6 +315,9 @@ class StoreConformance(_Divergences):
 
     def test_order_and_filters(self, store: Store) -> None:
         record = store.create_conversation(make_record())
+        assert store.load_steps(record.id, tenant=record.tenant) == []
+        assert store.load_steps(record.id, tenant=record.tenant, newest=5) == []
+        assert store.load_turns(record.id, tenant=record.tenant) == []
         for n in range(1, 5):
             record = add_turn(store, record, [user_step(f"q{n}"), model_step(f"a{n}")])
         steps = store.load_steps(record.id, tenant=record.tenant)
@@ -323,6 +335,13 @@ class StoreConformance(_Divergences):
         assert [t.seq for t in turns] == [1, 2, 3, 4]
         page = store.load_turns(record.id, tenant=record.tenant, after_seq=1, limit=2)
         assert [t.seq for t in page] == [2, 3]
+        assert store.load_turns(record.id, tenant=record.tenant, limit=0) == []
+        both = store.load_steps(record.id, tenant=record.tenant, newest=3, after_seq=6)
+        assert [s.seq for s in both] == [7, 8]
+        # filters intersect
+        both = store.load_steps(record.id, tenant=record.tenant, newest=3, turn=3)
+        assert [s.seq for s in both] == [5, 6]
+        assert store.load_steps(record.id, tenant=record.tenant, newest=2, turn=3) == []
 
     def test_append_writes_listed_fields(self, store: Store) -> None:
         record = store.create_conversation(make_record(metadata={"keep": "me"}))

@@ -115,7 +115,11 @@ class AsyncRedisStore:
         stored_tenant = found[0][0]
         if stored_tenant is None or stored_tenant != rules.dumps(tenant).encode():
             raise ConversationNotFound(conversation_id)
-        return [int(found[0][1]), int(found[0][2]), *found[1:]]
+        try:
+            counts = [int(found[0][1]), int(found[0][2])]
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"conversation {conversation_id!r} has bad counts") from exc
+        return [*counts, *found[1:]]
 
     # ----------------------------------------------------------------- contract
 
