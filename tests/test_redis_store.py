@@ -275,6 +275,13 @@ def test_async_store_reconnects_after_a_server_restart(private_redis: _PrivateRe
             record = await store.create_conversation(make_record())
             commit = make_commit(record, [user_step("back")])
             assert (await store.append_turn(commit)).created
+            private_redis.stop()
+            private_redis.start()
+            # a pipelined read first after the restart
+            with pytest.raises(cs.ConversationNotFound):
+                await store.load_steps(record.id, tenant=record.tenant)
+            page = await store.list_conversations(tenant=record.tenant)
+            assert page.items == []
         finally:
             await store.aclose()
 
