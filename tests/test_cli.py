@@ -206,10 +206,19 @@ def test_export_import_into_postgresql_gives_identical_transcripts(
         for url in (source, migrated_postgres)
     ]
     assert shown[0] == shown[1]
+    # the same id with other content is a conflict, reported and left alone
+    original = [json.loads(line) for line in dump.read_text().splitlines()]
+    edited = [dict(line) for line in original]
+    edited[0]["metadata"] = {"edited": True}
+    dump.write_text("".join(json.dumps(line) + "\n" for line in edited))
+    status, out, _ = invoke("import", str(dump), "--store", migrated_postgres, "--json")
+    assert status == 1 and list(json.loads(out)["conflicts"]) == [edited[0]["id"]]
+    assert snapshot(migrated_postgres, "demo") == snapshot(source, "demo")
     # an export of one conversation to stdout holds the same lines as the file
     lines = invoke("export", one, "--store", source, "--tenant", "demo")[1]
     assert 0 < len(lines.splitlines()) < len(kinds)
-    assert set(lines.splitlines()) <= set(dump.read_text().splitlines())
+    exported = {json.dumps(json.loads(x), sort_keys=True) for x in lines.splitlines()}
+    assert exported <= {json.dumps(line, sort_keys=True) for line in original}
 
 
 FAMILIES = ("sqlite", "postgresql", "mysql", "redis")
@@ -333,6 +342,8 @@ def test_bad_input_gives_one_line_and_writes_nothing(
         (["delete", "nope", "--store", store, "--tenant", "demo"], 1, "not found"),
         (["reconcile", other_tenants_id, "--store", store], 1, "not found"),
         (["nosuchcommand"], 2, "No such command"),
+        (["demo", "--live"], 2, "--live needs GEMINI_API_KEY"),
+        (["ls", "--store", "postgresql+psycopg://u:secret@127.0.0.1:1/x"], 1, "u:***@"),
     ]
     for number, (args, status, message) in enumerate(cases):
         if number < 3:
@@ -344,6 +355,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(
         assert message in err, (args, err)
         assert len(err.strip().splitlines()) == 1, (args, err)
         assert out == "", (args, out)
+        assert "secret" not in err
     assert not (tmp_path / "missing.db").exists()
     assert not (tmp_path / "new.db").exists()
     assert (where / "convostore-demo.db").read_bytes() == before
