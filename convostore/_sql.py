@@ -38,7 +38,7 @@ from ._exceptions import (
     StoreUnavailable,
     ValidationError,
 )
-from ._store_rules import dumps
+from ._store_rules import REQUIRES_ACTION, dumps
 from ._urls import redact
 from .models import ConversationRecord, StoredStep, TurnRecord
 
@@ -183,7 +183,8 @@ steps = sa.Table(
     sa.Column("payload", _json(), nullable=True),
     # JSON text of a payload that JSONB cannot hold losslessly; ``payload`` is NULL then
     sa.Column("payload_text", sa.Text(), nullable=True),
-    sa.Index(None, "conversation_id", "turn_seq"),
+    # seq rides along so "first/last step of a turn" is answered from the index alone
+    sa.Index(None, "conversation_id", "turn_seq", "seq"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -395,16 +396,14 @@ def step_insert(dialect_name: str) -> sa.Insert:
 
 
 def step_select(dialect_name: str) -> sa.Select[Any]:
-    """Steps as ``(seq, turn_seq, type, payload JSON text, payload_text)``, in seq order."""
+    """Steps as ``(seq, turn_seq, type, payload JSON text, payload_text)``, unordered."""
     payload = steps.c.payload
     as_text: Any = (
         sa.cast(payload, sa.Text())
         if dialect_name == "postgresql"
         else sa.type_coerce(payload, sa.Text())
     )
-    return sa.select(
-        steps.c.seq, steps.c.turn_seq, steps.c.type, as_text, steps.c.payload_text
-    ).order_by(steps.c.seq)
+    return sa.select(steps.c.seq, steps.c.turn_seq, steps.c.type, as_text, steps.c.payload_text)
 
 
 _STEP_FIELDS = set(StoredStep.model_fields)
@@ -530,3 +529,31 @@ def versioned_params(record: ConversationRecord, fields: Sequence[str]) -> dict[
     params = {f"v_{name}": getattr(record, name) for name in fields}
     params.update(w_id=record.id, w_tenant=record.tenant, w_version=record.version - 1)
     return params
+
+
+def newest_turn(conversation_id: str, anchor_seq: int) -> sa.Select[Any]:
+    """The first turn of ``load_steps(newest=N)``'s suffix, as a one-row query.
+
+    ``anchor_seq`` is the first step the caller wants (step_count - N + 1). The suffix starts
+    at the latest turn, at or before the anchor's, whose predecessor did not end in
+    ``requires_action`` (``_store_rules.newest_start`` states the same rule for backends that
+    walk turns in Python): one primary-key probe and a short backward walk over turns.
+    """
+    anchor_step = steps.alias("anchor_step")
+    anchor_turn = (
+        sa.select(anchor_step.c.turn_seq)
+        .where(anchor_step.c.conversation_id == conversation_id, anchor_step.c.seq == anchor_seq)
+        .scalar_subquery()
+    )
+    clean_before = (
+        sa.select(turns.c.seq)
+        .where(
+            turns.c.conversation_id == conversation_id,
+            turns.c.seq < anchor_turn,
+            turns.c.status != REQUIRES_ACTION,
+        )
+        .order_by(turns.c.seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.select(sa.func.coalesce(clean_before, 0) + 1)

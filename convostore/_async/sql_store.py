@@ -38,6 +38,7 @@ from .._sql import (
     decode_steps,
     decode_turn,
     install_sqlite_hooks,
+    newest_turn,
     normalize_url,
     schema_error,
     step_insert,
@@ -53,7 +54,6 @@ from .._sql import (
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
 from .._store_rules import (
-    REQUIRES_ACTION,
     check_commit,
     check_list,
     check_load,
@@ -346,44 +346,29 @@ class AsyncSQLStore:
     ) -> list[StoredStep]:
         check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
         engine, _ = await self._engines()
-        query = self._step_select.where(
-            steps_table.c.conversation_id == conversation_id, steps_table.c.seq > after_seq
-        )
+        c = steps_table.c
+        query = self._step_select.where(c.conversation_id == conversation_id)
+        if after_seq:
+            query = query.where(c.seq > after_seq)
         if turn is not None:
-            query = query.where(steps_table.c.turn_seq == turn)
+            query = query.where(c.turn_seq == turn)
         with translate_errors(self.url):
             async with engine.connect() as conn:
                 record = await self._record(conn, conversation_id, tenant)
                 if newest is not None:
-                    start = await self._newest_turn(conn, record, newest)
-                    if start is None:
+                    want = min(newest, record.step_count)
+                    if want <= 0:
                         return []
-                    query = query.where(steps_table.c.turn_seq >= start)
+                    anchor = record.step_count - want + 1
+                    first_turn = newest_turn(conversation_id, anchor)
+                    query = query.where(c.turn_seq >= (await conn.execute(first_turn)).scalar())
+                # seq order equals (turn_seq, seq) order; naming turn_seq when filtering on it
+                # lets planners read the suffix from the turn index instead of the whole
+                # conversation from the primary key
+                filtered = turn is not None or newest is not None
+                query = query.order_by(*((c.turn_seq, c.seq) if filtered else (c.seq,)))
                 rows = (await conn.execute(query)).all()
         return decode_steps(conversation_id, rows)
-
-    async def _newest_turn(
-        self, conn: AsyncConnection, record: ConversationRecord, newest: int
-    ) -> int | None:
-        """The first turn of the newest-N suffix (see the contract), or None for nothing."""
-        want = min(newest, record.step_count)
-        if want <= 0:
-            return None
-        anchor = (
-            sa.select(steps_table.c.turn_seq)
-            .where(
-                steps_table.c.conversation_id == record.id,
-                steps_table.c.seq == record.step_count - want + 1,
-            )
-            .scalar_subquery()
-        )
-        # the latest turn at or before the anchor's whose predecessor left nothing pending
-        clean = sa.select(sa.func.coalesce(sa.func.max(turns_table.c.seq), 0) + 1).where(
-            turns_table.c.conversation_id == record.id,
-            turns_table.c.seq < anchor,
-            turns_table.c.status != REQUIRES_ACTION,
-        )
-        return int((await conn.execute(clean)).scalar_one())
 
     async def load_turns(
         self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None

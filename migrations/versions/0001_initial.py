@@ -112,7 +112,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("conversation_id", "seq", name="pk_steps"),
         **TABLE_OPTIONS,
     )
-    op.create_index("ix_steps_conversation_id_turn_seq", "steps", ["conversation_id", "turn_seq"])
+    op.create_index(
+        "ix_steps_conversation_id_turn_seq_seq", "steps", ["conversation_id", "turn_seq", "seq"]
+    )
 
 
 def downgrade() -> None:
