@@ -63,11 +63,12 @@ def _digest(text: str) -> str | None:
         return None
 
 
-def _turn_line(turn: Turn) -> str:
-    return (
-        f"turn {turn.seq}: [bold]{turn.mode_used}[/] ({turn.reason}) -> "
+def _turn_line(name: str, turn: Turn, carried: str = "") -> str:
+    line = (
+        f"{name} turn {turn.seq}: [bold]{turn.mode_used}[/] ({turn.reason}) -> "
         f"{escape(_answer(turn.text))}"
     )
+    return f"{line}\n    [dim]request: {carried}[/]" if carried else line
 
 
 class _Demo:
@@ -152,10 +153,12 @@ class _Demo:
         )
         conv = self.convos.get(conv.id, tenant=TENANT)
         self.convs["server"] = conv
-        self.console.print(f"convos.get({conv.id}): {conv.record.turn_count} turns, head {head}")
+        self.console.print(
+            f"convos.get({conv.id}) (server): {conv.record.turn_count} turns, head {head}"
+        )
         turn = conv.send("And a cat.")
         chained = turn.record.previous_interaction_id == head
-        self.console.print(_turn_line(turn))
+        self.console.print(_turn_line("server", turn, self._carried()))
         self.console.print(
             "Chained from the same head: " + ("[green]yes[/]" if chained else "[red]no[/]")
         )
@@ -170,11 +173,13 @@ class _Demo:
             return
         head = conv.record.head_interaction_id
         self.emu.expire(head)
-        self.console.print(f"emu.expire({head}): the server now answers 404 for the head.")
+        self.console.print(
+            f"emu.expire({head}): the server now answers 404 for the auto conversation's head."
+        )
         turn = conv.send("Do they like walks?")
-        self.console.print(_turn_line(turn) + f"   [dim]{self._carried()}[/]")
+        self.console.print(_turn_line("auto", turn, self._carried()))
         turn = conv.send("Good night.")
-        self.console.print(_turn_line(turn) + f"   [dim]{self._carried()}[/]")
+        self.console.print(_turn_line("auto", turn, self._carried()))
 
     def fork(self) -> None:
         self.console.rule("[bold]4. Fork at turn 1")
@@ -182,8 +187,8 @@ class _Demo:
         fork = parent.fork(at_turn=1)
         self.convs["fork"] = fork
         turn = fork.send("How many ears are in my house?")
-        self.console.print(f"fork {fork.id} of {parent.id} at turn 1")
-        self.console.print(_turn_line(turn))
+        self.console.print(f"fork {fork.id} of {parent.id} (server) at turn 1")
+        self.console.print(_turn_line("fork", turn, self._carried()))
         self.console.print(
             f"The original still has {parent.refresh().turn_count} turns; "
             f"the fork has {fork.refresh().turn_count}."
@@ -192,7 +197,7 @@ class _Demo:
     def stream(self) -> None:
         self.console.rule("[bold]5. A streamed answer")
         conv = self.convs["stateless"]
-        self.console.print("user: What do you remember about my house?")
+        self.console.print("stateless conversation, user: What do you remember about my house?")
         self.console.print("model: ", end="")
         deltas = 0
         with conv.stream("What do you remember about my house?") as events:
