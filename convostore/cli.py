@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -759,6 +759,8 @@ _CHAT_HELP = "commands: /history, /fork N, /mode server|stateless|auto, /usage, 
 
 
 def _chat_loop(console: Console, conv: Conversation, store: Store) -> int:
+    with suppress(ImportError):  # not on every platform
+        import readline  # noqa: F401  (line editing and history for input())
     verb = "resumed" if conv.record.turn_count else "new"
     console.print(
         f"{verb} conversation [bold]{conv.id}[/] (mode {conv.record.mode}, "
@@ -948,6 +950,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (never raises for expected conditions)."""
     try:
         result = cli.main(args=argv, prog_name="convostore", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message())
+        return 0
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "convostore"
         return _fail(f"{exc.format_message()} (see: {where} --help)", exc.exit_code)
