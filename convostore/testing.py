@@ -545,8 +545,11 @@ class StoreConformance(_Divergences):
 
     def test_list_all_tenants(self, store: Store) -> None:
         stamp = datetime(2400, 1, 1, tzinfo=UTC) + timedelta(microseconds=uuid.uuid4().int % 10**12)
-        first = store.create_conversation(make_record(created_at=stamp))
-        second = store.create_conversation(make_record(created_at=stamp + timedelta(seconds=1)))
+        user = new_id("u")
+        first = store.create_conversation(make_record(created_at=stamp, user=user))
+        second = store.create_conversation(
+            make_record(created_at=stamp + timedelta(seconds=1), user=user)
+        )
         wanted = {first.id, second.id}
         order: list[str] = []
         cursor: str | None = None
@@ -557,6 +560,9 @@ class StoreConformance(_Divergences):
                 break
             cursor = page.next_cursor
         assert order == [second.id, first.id]
+        # one user across every tenant
+        page = store.list_conversations(tenant=None, user=user)
+        assert [r.id for r in page.items] == [second.id, first.id]
 
     def test_list_rejects_bad_arguments(self, store: Store) -> None:
         for cursor in ("garbage", "!!!", "", "eyJhIjoxfQ"):
