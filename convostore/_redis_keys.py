@@ -86,12 +86,16 @@ def expire_ms(record: ConversationRecord) -> str:
     return "" if record.expires_at is None else str(int(record.expires_at.timestamp() * 1000))
 
 
-def record_fields(record: ConversationRecord, names: Sequence[str] | None = None) -> list[str]:
+def record_fields(
+    record: ConversationRecord, names: Sequence[str] | None = None, *, expiry: bool = True
+) -> list[str]:
+    """Flat field/value pairs for HSET: every field (or ``names``) as JSON text, plus the
+    expiry in ms under ``_exp`` (which the scripts read to apply the TTL)."""
     data = record.model_dump(mode="json", include=None if names is None else set(names))
     flat: list[str] = []
     for name, value in data.items():
         flat += [name, dumps(value)]
-    return [*flat, "_exp", expire_ms(record)]
+    return [*flat, "_exp", expire_ms(record)] if expiry else flat
 
 
 def decode_record(raw: Any) -> ConversationRecord:
@@ -165,7 +169,9 @@ return 1
 # or "", turn element, turn seq, stored turn count, stored step count, field count,
 # fields/values…, steps…  The TTL follows the stored "_exp" field (ms, or "" for none).
 # Returns {0} missing, {1, turn} key already used, {2, version} stale, {4} counts do not
-# continue, {3} written.
+# continue, {3} written.  A re-run of a script that was applied but whose reply was lost
+# (the client re-sends after a dropped connection) finds its own turn last and answers {3}
+# instead of "stale": the turn element holds the audit hash, so no other writer's turn matches.
 APPEND = """
 local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', 'step_count', '_exp')
 if now[1] ~= ARGV[1] then return {0} end
@@ -173,7 +179,11 @@ if ARGV[3] ~= '' then
   local seq = redis.call('HGET', KEYS[4], ARGV[3])
   if seq then return {1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)} end
 end
-if now[2] ~= ARGV[2] then return {2, now[2]} end
+if now[2] ~= ARGV[2] then
+  if tonumber(now[2]) == tonumber(ARGV[2]) + 1 and redis.call('LINDEX', KEYS[2], -1) == ARGV[4]
+  then return {3} end
+  return {2, now[2]}
+end
 if now[3] ~= ARGV[6] or now[4] ~= ARGV[7] then return {4} end
 redis.call('RPUSH', KEYS[2], ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], ARGV[3], ARGV[5]) end
