@@ -10,7 +10,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,11 +122,11 @@ def test_acknowledged_turns_survive_sigkill_and_restart(
         try:
             # down for less than the client's retries, then for longer than them
             for downtime in DOWNTIMES:
-                wait_for(lambda n=len(acked) + 5: len(acked) >= n)
+                wait_for_more(acked, 5)
                 private_redis.kill()
                 time.sleep(downtime)
                 private_redis.start()
-            wait_for(lambda n=len(acked) + 5: len(acked) >= n)
+            wait_for_more(acked, 5)
         finally:
             stop.set()
             thread.join(timeout=60)
@@ -145,9 +145,10 @@ def test_acknowledged_turns_survive_sigkill_and_restart(
               f"{len(failures)} sends refused while down, 0 lost")  # fmt: skip
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_for_more(acked: dict[int, str | None], more: int, timeout: float = 30.0) -> None:
+    target = len(acked) + more
     deadline = time.monotonic() + timeout
-    while not condition():
+    while len(acked) < target:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for acknowledged turns")
         time.sleep(0.005)
