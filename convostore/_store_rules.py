@@ -35,6 +35,7 @@ __all__ = [
     "TurnSpan",
     "check_commit",
     "check_continues",
+    "check_idempotency_key",
     "check_list",
     "check_load",
     "check_new_conversation",
@@ -183,6 +184,20 @@ def check_record(record: object) -> ConversationRecord:
     return record
 
 
+def check_idempotency_key(key: object) -> str:
+    """1-200 printable characters."""
+    if not isinstance(key, str) or not key:
+        raise ValidationError("idempotency key must be a non-empty string")
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValidationError(
+            f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    if not key.isprintable():
+        raise ValidationError("idempotency key must not contain control characters")
+    check_json(key, "idempotency key")
+    return key
+
+
 def _check_turn(turn: object, conversation_id: str, seq: int) -> TurnRecord:
     if not isinstance(turn, TurnRecord):
         raise ValidationError(f"expected a TurnRecord, not {type(turn).__name__}")
@@ -196,17 +211,8 @@ def _check_turn(turn: object, conversation_id: str, seq: int) -> TurnRecord:
         raise ValidationError("turn status must be a non-empty string")
     if turn.usage is not None:
         check_json(turn.usage, "turn usage")
-    key = turn.idempotency_key
-    if key is not None:
-        if not isinstance(key, str) or not key:
-            raise ValidationError("idempotency key must be a non-empty string")
-        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise ValidationError(
-                f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-            )
-        if not key.isprintable():
-            raise ValidationError("idempotency key must not contain control characters")
-        check_json(key, "idempotency key")
+    if turn.idempotency_key is not None:
+        check_idempotency_key(turn.idempotency_key)
     _check_aware(turn.created_at, "turn created_at")
     return turn
 

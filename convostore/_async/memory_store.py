@@ -162,6 +162,7 @@ class AsyncMemoryStore:
         self, conversation_id: str, *, tenant: str, idempotency_key: str
     ) -> TurnRecord | None:
         rules.check_scope(conversation_id, tenant)
+        rules.check_idempotency_key(idempotency_key)
         async with self._state.lock:
             conv = self._get(conversation_id, tenant)
             seq = conv.keys.get(idempotency_key)

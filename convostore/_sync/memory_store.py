@@ -164,6 +164,7 @@ class MemoryStore:
         self, conversation_id: str, *, tenant: str, idempotency_key: str
     ) -> TurnRecord | None:
         rules.check_scope(conversation_id, tenant)
+        rules.check_idempotency_key(idempotency_key)
         with self._state.lock:
             conv = self._get(conversation_id, tenant)
             seq = conv.keys.get(idempotency_key)

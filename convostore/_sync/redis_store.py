@@ -165,9 +165,8 @@ class RedisStore:
         rules.check_commit(commit)
         new, turn = commit.record, commit.turn
         first = new.step_count - len(commit.steps) + 1
-        fields = keys.record_fields(new, rules.APPEND_FIELDS)[
-            :-2
-        ]  # the TTL follows the stored expiry
+        # the TTL follows the stored expiry, so "_exp" is not written
+        fields = keys.record_fields(new, rules.APPEND_FIELDS, expiry=False)
         args: list[Any] = [
             rules.dumps(new.tenant),
             str(commit.expected_version),
@@ -198,6 +197,7 @@ class RedisStore:
         self, conversation_id: str, *, tenant: str, idempotency_key: str
     ) -> TurnRecord | None:
         rules.check_scope(conversation_id, tenant)
+        rules.check_idempotency_key(idempotency_key)
         turns_key, _, idem_key = self._keys(conversation_id)[1:]
         with _translate():
             found = self._scoped(
