@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,16 +172,40 @@ def test_verify_finds_a_tampered_step(tmp_path: Path, demo: tuple[Path, str], in
 # --------------------------------------------------------------------------- moving data
 
 
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    _migrate.upgrade(postgres_url)
-    return postgres_url
+@contextmanager
+def own_database(server_url: str) -> Iterator[str]:
+    """A migrated database of this module's own next to the session's (so what these tests
+    write never shows up in other modules' listings), dropped afterwards."""
+    import sqlalchemy as sa
+
+    base, _, rest = server_url.rpartition("/")
+    name, _, query = rest.partition("?")
+    own = f"{name}_cli"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    quoted = admin.dialect.identifier_preparer.quote(own)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+    url = f"{base}/{own}" + (f"?{query}" if query else "")
+    try:
+        _migrate.upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted}{force}"))
+        admin.dispose()
 
 
 @pytest.fixture(scope="module")
-def migrated_mysql(mysql_url: str) -> str:
-    _migrate.upgrade(mysql_url)
-    return mysql_url
+def migrated_postgres(postgres_url: str) -> Iterator[str]:
+    with own_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def migrated_mysql(mysql_url: str) -> Iterator[str]:
+    with own_database(mysql_url) as url:
+        yield url
 
 
 def test_export_import_into_postgresql_gives_identical_transcripts(
