@@ -396,35 +396,44 @@ def step_insert(dialect_name: str) -> sa.Insert:
 
 
 def step_select(dialect_name: str) -> sa.Select[Any]:
-    """Steps as ``(seq, turn_seq, type, payload JSON text, payload_text)``, unordered."""
-    payload = steps.c.payload
-    as_text: Any = (
-        sa.cast(payload, sa.Text())
-        if dialect_name == "postgresql"
-        else sa.type_coerce(payload, sa.Text())
-    )
-    return sa.select(steps.c.seq, steps.c.turn_seq, steps.c.type, as_text, steps.c.payload_text)
+    """Steps as ``(seq, turn_seq, payload JSON text)``, unordered.
+
+    As few columns as possible: the driver's per-column decoding is most of a long read.
+    The step type is taken from the payload (the write path checked they agree).
+    """
+    payload: Any = steps.c.payload
+    if dialect_name == "postgresql":
+        payload = sa.func.coalesce(steps.c.payload_text, sa.cast(payload, sa.Text()))
+    else:
+        payload = sa.type_coerce(payload, sa.Text())  # JSON text as stored, no json.loads
+    return sa.select(steps.c.seq, steps.c.turn_seq, payload)
 
 
 _STEP_FIELDS = set(StoredStep.model_fields)
 _raw_decode = json.JSONDecoder().raw_decode
+_new = object.__new__
+_set = object.__setattr__
 
 
 def _stored_step(conversation_id: str, seq: int, turn_seq: int, kind: str, payload: Any) -> Any:
     # What StoredStep.model_construct does, minus its per-field default handling: every
-    # field is given here, and this runs 10,000 times for a long history.
-    step = object.__new__(StoredStep)
-    fields = {
-        "conversation_id": conversation_id,
-        "seq": seq,
-        "turn_seq": turn_seq,
-        "type": kind,
-        "payload": payload,
-    }
-    object.__setattr__(step, "__dict__", fields)
-    object.__setattr__(step, "__pydantic_fields_set__", _STEP_FIELDS.copy())
-    object.__setattr__(step, "__pydantic_extra__", None)
-    object.__setattr__(step, "__pydantic_private__", None)
+    # field is given here, and this runs 10,000 times for a long history. The fields-set is
+    # shared: the model is frozen, and model_copy copies the set before touching it.
+    step = _new(StoredStep)
+    _set(
+        step,
+        "__dict__",
+        {
+            "conversation_id": conversation_id,
+            "seq": seq,
+            "turn_seq": turn_seq,
+            "type": kind,
+            "payload": payload,
+        },
+    )
+    _set(step, "__pydantic_fields_set__", _STEP_FIELDS)
+    _set(step, "__pydantic_extra__", None)
+    _set(step, "__pydantic_private__", None)
     return step
 
 
@@ -444,8 +453,7 @@ def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
         CorruptRecordError: a row's payload is missing, not JSON, or not a JSON object.
     """
     out = []
-    for seq, turn_seq, kind, payload, payload_text in rows:
-        text = payload_text if payload_text is not None else payload
+    for seq, turn_seq, text in rows:
         try:
             # what convostore wrote is compact: skip the whitespace scans of json.loads
             value, end = _raw_decode(text)
@@ -453,9 +461,11 @@ def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
                 raise ValueError("text after the value")
         except (TypeError, ValueError):
             value = _decode_leniently(conversation_id, seq, text)
-        if type(value) is not dict:
-            raise CorruptRecordError(f"step {seq} of {conversation_id!r} is not a JSON object")
-        out.append(_stored_step(conversation_id, seq, turn_seq, kind, value))
+        if type(value) is not dict or type(value.get("type")) is not str:
+            raise CorruptRecordError(
+                f"step {seq} of {conversation_id!r} is not a JSON object with a string type"
+            )
+        out.append(_stored_step(conversation_id, seq, turn_seq, value["type"], value))
     return out
 
 

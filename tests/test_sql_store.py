@@ -137,7 +137,7 @@ def test_corrupt_step_row_raises(sqlite_url: str) -> None:
     record = store.create_conversation(make_record())
     add_turn(store, record)
     engine = _raw(sqlite_url)
-    for garbage in ("{not json", "[1, 2]", None, '{"type": "x"} trailing'):
+    for garbage in ("{not json", "[1, 2]", None, '{"type": "x"} trailing', '{"type": 3}'):
         with engine.begin() as conn:
             conn.execute(
                 sa.text("UPDATE steps SET payload = :p WHERE conversation_id = :c AND seq = 2"),
