@@ -53,15 +53,7 @@ def _target(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return request.getfixturevalue(fixture), {}
 
 
-_SQL_FIND_TURN = "the SQL store does not check the idempotency key passed to find_turn"
-
-
 class TestStoreConformance(StoreConformance):
-    known_divergences = {
-        f"test_find_turn_rejects_bad_keys[{backend}]": _SQL_FIND_TURN
-        for backend in ("sqlite", "postgresql", "mariadb")
-    }
-
     @pytest.fixture(params=BACKENDS)
     def store_factory(self, request: pytest.FixtureRequest) -> Callable[[], Any]:
         url, options = _target(request)

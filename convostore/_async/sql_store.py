@@ -55,6 +55,7 @@ from .._sql import steps as steps_table
 from .._sql import turns as turns_table
 from .._store_rules import (
     check_commit,
+    check_idempotency_key,
     check_list,
     check_load,
     check_new_conversation,
@@ -327,8 +328,7 @@ class AsyncSQLStore:
         self, conversation_id: str, *, tenant: str, idempotency_key: str
     ) -> TurnRecord | None:
         check_scope(conversation_id, tenant)
-        if not isinstance(idempotency_key, str):
-            return None
+        check_idempotency_key(idempotency_key)
         engine, _ = await self._engines()
         with translate_errors(self.url):
             async with engine.connect() as conn:

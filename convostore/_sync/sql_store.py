@@ -57,6 +57,7 @@ from .._sql import steps as steps_table
 from .._sql import turns as turns_table
 from .._store_rules import (
     check_commit,
+    check_idempotency_key,
     check_list,
     check_load,
     check_new_conversation,
@@ -329,8 +330,7 @@ class SQLStore:
         self, conversation_id: str, *, tenant: str, idempotency_key: str
     ) -> TurnRecord | None:
         check_scope(conversation_id, tenant)
-        if not isinstance(idempotency_key, str):
-            return None
+        check_idempotency_key(idempotency_key)
         engine, _ = self._engines()
         with translate_errors(self.url):
             with engine.connect() as conn:
