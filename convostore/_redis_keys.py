@@ -22,6 +22,7 @@ braces (``models.check_id``), so neither keys nor members can collide.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -89,13 +90,16 @@ def expire_ms(record: ConversationRecord) -> str:
 def record_fields(
     record: ConversationRecord, names: Sequence[str] | None = None, *, expiry: bool = True
 ) -> list[str]:
-    """Flat field/value pairs for HSET: every field (or ``names``) as JSON text, plus the
-    expiry in ms under ``_exp`` (which the scripts read to apply the TTL)."""
+    """Flat field/value pairs for HSET: every field (or ``names``) as JSON text, the expiry
+    in ms under ``_exp`` (which the scripts read to apply the TTL), and under ``_w`` a token
+    of this one write (by which a re-sent script recognises that it already applied)."""
     data = record.model_dump(mode="json", include=None if names is None else set(names))
     flat: list[str] = []
     for name, value in data.items():
         flat += [name, dumps(value)]
-    return [*flat, "_exp", expire_ms(record)] if expiry else flat
+    if expiry:
+        flat += ["_exp", expire_ms(record)]
+    return [*flat, "_w", uuid.uuid4().hex]
 
 
 def decode_record(raw: Any) -> ConversationRecord:
@@ -140,10 +144,29 @@ def decode_steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list
 
 # --------------------------------------------------------------------------- scripts
 
+# True when the hash at ``key`` holds every field/value pair of ARGV[first..first+2n-1]:
+# how a re-run of a script that was applied (its reply lost, redis-py re-sent it after a
+# dropped connection) recognises its own write. The pairs include the "_w" token of the
+# call, so neither another writer nor a second identical call by the caller matches.
+_SAME = """
+local function same(key, first, n)
+  for j = first, first + 2 * n - 2, 2 do
+    if redis.call('HGET', key, ARGV[j]) ~= ARGV[j + 1] then return false end
+  end
+  return true
+end
+"""
+
 # KEYS: record, turns, steps, keys.  ARGV: expire-at ms or "", field count, fields/values…,
-# turn count, turns…, idempotency pair count, key/seq…, steps…
-CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+# turn count, turns…, idempotency pair count, key/seq…, steps…  Returns 1 when written (or
+# already written by this very call), 0 when the id is taken.
+CREATE = (
+    _SAME
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if same(KEYS[1], 3, tonumber(ARGV[2])) then return 1 end
+  return 0
+end
 local i = 3
 local n = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
@@ -164,30 +187,30 @@ if ARGV[1] ~= '' then
 end
 return 1
 """
+)
 
 # KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, idempotency key
 # or "", turn element, turn seq, stored turn count, stored step count, field count,
 # fields/values…, steps…  The TTL follows the stored "_exp" field (ms, or "" for none).
 # Returns {0} missing, {1, turn} key already used, {2, version} stale, {4} counts do not
-# continue, {3} written.  A re-run of a script that was applied but whose reply was lost
-# (the client re-sends after a dropped connection) finds its own turn last and answers {3}
-# instead of "stale": the turn element holds the audit hash, so no other writer's turn matches.
-APPEND = """
+# continue, {3} written (also for a re-run of itself, found by its "_w" token).
+APPEND = (
+    _SAME
+    + """
 local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', 'step_count', '_exp')
 if now[1] ~= ARGV[1] then return {0} end
 if ARGV[3] ~= '' then
   local seq = redis.call('HGET', KEYS[4], ARGV[3])
   if seq then return {1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)} end
 end
+local n = tonumber(ARGV[8])
 if now[2] ~= ARGV[2] then
-  if tonumber(now[2]) == tonumber(ARGV[2]) + 1 and redis.call('LINDEX', KEYS[2], -1) == ARGV[4]
-  then return {3} end
+  if tonumber(now[2]) == tonumber(ARGV[2]) + 1 and same(KEYS[1], 9, n) then return {3} end
   return {2, now[2]}
 end
 if now[3] ~= ARGV[6] or now[4] ~= ARGV[7] then return {4} end
 redis.call('RPUSH', KEYS[2], ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], ARGV[3], ARGV[5]) end
-local n = tonumber(ARGV[8])
 redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n))
 for j = 9 + 2 * n, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
@@ -197,15 +220,23 @@ if now[5] and now[5] ~= '' then
 end
 return {3}
 """
+)
 
 # KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, field count,
 # fields/values… (including "_exp").  Returns {0} missing, {2, version} stale, or
-# {3, fields} with the record's fields after the update.
-UPDATE = """
+# {3, fields} with the record's fields after the update (also for a re-run of itself).
+UPDATE = (
+    _SAME
+    + """
 if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return {0} end
 local version = redis.call('HGET', KEYS[1], 'version')
-if version ~= ARGV[2] then return {2, version} end
 local n = tonumber(ARGV[3])
+if version ~= ARGV[2] then
+  if tonumber(version) == tonumber(ARGV[2]) + 1 and same(KEYS[1], 4, n) then
+    return {3, redis.call('HGETALL', KEYS[1])}
+  end
+  return {2, version}
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
 local expire = redis.call('HGET', KEYS[1], '_exp')
 for _, key in ipairs(KEYS) do
@@ -214,6 +245,7 @@ for _, key in ipairs(KEYS) do
 end
 return {3, redis.call('HGETALL', KEYS[1])}
 """
+)
 
 # KEYS: record, turns, steps, keys.  ARGV: tenant JSON.  Returns the deleted record's fields.
 DELETE = """

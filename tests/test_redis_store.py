@@ -4,9 +4,11 @@ reconnection after a server restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -286,3 +288,82 @@ def test_async_store_reconnects_after_a_server_restart(private_redis: _PrivateRe
             await store.aclose()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- lost replies
+
+
+class _ReplyDroppingProxy:
+    """Forwards to Redis; once armed, lets the next EVALSHA through but closes the client's
+    connection instead of delivering the reply (the script ran, the client never heard)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.armed = threading.Event()
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+                swallow = threading.Event()
+                for args in ((client, server, swallow, True), (server, client, swallow, False)):
+                    threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, swallow: threading.Event, up: bool
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if up and self.armed.is_set() and b"EVALSHA" in data.upper():
+                    self.armed.clear()
+                    swallow.set()
+                elif not up and swallow.is_set():
+                    self.dropped += 1
+                    break
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_writes_whose_reply_was_lost_are_not_reported_as_failures(
+    redis_url: str, redis_prefix: str
+) -> None:
+    kwargs = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
+    host, port = kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379))
+    proxy = _ReplyDroppingProxy((host, port))
+    db = kwargs.get("db", 0)
+    store = cs.open_store(f"redis://127.0.0.1:{proxy.port}/{db}", key_prefix=redis_prefix)
+    try:
+        store.list_conversations(tenant="warm-up")  # load nothing, open the connection
+        record = make_record()
+        proxy.armed.set()
+        store.create_conversation(record)  # re-sent by redis-py: not ConversationExists
+        commit = make_commit(record, [user_step("q"), model_step("a")])
+        proxy.armed.set()
+        assert store.append_turn(commit).created  # re-sent: not ConcurrentTurnError
+        changed = commit.record.model_copy(update={"version": 2, "model": "other"})
+        proxy.armed.set()
+        assert store.update_conversation(changed).model == "other"  # re-sent: no conflict
+        assert proxy.dropped == 3
+        assert store.get_conversation(record.id, tenant=record.tenant) == changed
+        assert len(store.load_steps(record.id, tenant=record.tenant)) == 2
+        # a second call by the caller is not a re-send: the usual errors
+        with pytest.raises(cs.ConversationExists):
+            store.create_conversation(record)
+        with pytest.raises(cs.ConcurrentTurnError):
+            store.append_turn(commit)
+        with pytest.raises(cs.ConcurrentTurnError):
+            store.update_conversation(changed)
+    finally:
+        store.close()
+        proxy.close()
