@@ -30,7 +30,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +42,7 @@ from ._exceptions import (
     ValidationError,
     WrongKeyError,
 )
+from ._store_rules import stored_step
 from .models import ConversationRecord, JSONObject, StoredStep
 
 __all__ = [
@@ -51,10 +52,15 @@ __all__ = [
     "DataKeyCache",
     "KeyRing",
     "RotationReport",
+    "check_unreserved",
+    "envelope_of",
+    "is_current",
+    "key_check_value",
+    "new_dek",
     "open_config",
-    "open_step",
+    "open_steps",
     "seal_config",
-    "seal_step",
+    "seal_steps",
     "unwrap_dek",
     "wrap_dek",
 ]
@@ -72,21 +78,31 @@ _KCV_BYTES = 8
 _KID_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 
 
+_crypto: tuple[Any, type[Exception]] | None = None
+
+
+def _cryptography() -> tuple[Any, type[Exception]]:
+    """``(AESGCM, InvalidTag)``, imported once, on first use."""
+    global _crypto
+    if _crypto is None:
+        try:
+            from cryptography.exceptions import InvalidTag
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                "encryption at rest needs the 'cryptography' package: "
+                "pip install 'convostore[encryption]'"
+            ) from exc
+        _crypto = (AESGCM, InvalidTag)
+    return _crypto
+
+
 def _aesgcm(key: bytes) -> Any:
-    try:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    except ModuleNotFoundError as exc:
-        raise ConfigurationError(
-            "encryption at rest needs the 'cryptography' package: "
-            "pip install 'convostore[encryption]'"
-        ) from exc
-    return AESGCM(key)
+    return _cryptography()[0](key)
 
 
 def _invalid_tag() -> type[Exception]:
-    from cryptography.exceptions import InvalidTag
-
-    return InvalidTag
+    return _cryptography()[1]
 
 
 def _b64(data: bytes) -> str:
@@ -96,7 +112,8 @@ def _b64(data: bytes) -> str:
 def _unb64(text: object) -> bytes:
     if not isinstance(text, str):
         raise ValueError("not a base64 string")
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    # strict: stray characters are corruption, not something to skip over
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def key_check_value(key: bytes) -> str:
@@ -200,7 +217,7 @@ def new_dek() -> bytes:
 
 
 def _dek_aad(conversation_id: str, kid: str) -> bytes:
-    return json.dumps(["convostore-dek", _VERSION, conversation_id, kid]).encode()
+    return f"convostore-dek|{_VERSION}|{conversation_id}|{kid}".encode()
 
 
 def wrap_dek(ring: KeyRing, dek: bytes, conversation_id: str) -> JSONObject:
@@ -289,13 +306,13 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _seal(dek: bytes, value: Any, aad: bytes) -> JSONObject:
+def _seal(aead: Any, value: Any, aad: bytes) -> JSONObject:
     nonce = os.urandom(_NONCE_BYTES)
-    ct = _aesgcm(dek).encrypt(nonce, _dumps(value), aad)
+    ct = aead.encrypt(nonce, _dumps(value), aad)
     return {"v": _VERSION, "nonce": _b64(nonce), "ct": _b64(ct)}
 
 
-def _open(dek: bytes, sealed: object, aad: bytes, conversation_id: str, seq: int | None) -> Any:
+def _open(aead: Any, sealed: object, aad: bytes, conversation_id: str, seq: int | None) -> Any:
     if not isinstance(sealed, dict) or sealed.get("v") != _VERSION:
         raise CorruptCiphertextError(
             "is not encrypted (plaintext or a malformed envelope where ciphertext was expected)",
@@ -303,7 +320,7 @@ def _open(dek: bytes, sealed: object, aad: bytes, conversation_id: str, seq: int
             seq=seq,
         )
     try:
-        plain = _aesgcm(dek).decrypt(_unb64(sealed.get("nonce")), _unb64(sealed.get("ct")), aad)
+        plain = aead.decrypt(_unb64(sealed.get("nonce")), _unb64(sealed.get("ct")), aad)
         return json.loads(plain)
     except (ValueError, binascii.Error, _invalid_tag()) as exc:
         raise CorruptCiphertextError(
@@ -314,40 +331,48 @@ def _open(dek: bytes, sealed: object, aad: bytes, conversation_id: str, seq: int
 
 
 def _step_aad(conversation_id: str, seq: int, turn_seq: int, kind: str) -> bytes:
-    return json.dumps(["convostore-step", _VERSION, conversation_id, seq, turn_seq, kind]).encode()
+    # ids never contain "|" (models.check_id) and the free-form type comes last: unambiguous
+    return f"convostore-step|{_VERSION}|{conversation_id}|{seq}|{turn_seq}|{kind}".encode()
 
 
 def _config_aad(conversation_id: str) -> bytes:
-    return json.dumps(["convostore-config", _VERSION, conversation_id]).encode()
+    return f"convostore-config|{_VERSION}|{conversation_id}".encode()
 
 
-def seal_step(dek: bytes, step: StoredStep) -> StoredStep:
-    """The step with its payload encrypted (its type kept readable)."""
-    aad = _step_aad(step.conversation_id, step.seq, step.turn_seq, step.type)
-    sealed = {"type": step.type, ENCRYPTED_FIELD: _seal(dek, step.payload, aad)}
-    return step.model_copy(update={"payload": sealed})
+def seal_steps(dek: bytes, steps: Sequence[StoredStep]) -> list[StoredStep]:
+    """The steps with their payloads encrypted (their types kept readable)."""
+    aead = _aesgcm(dek)
+    sealed = []
+    for step in steps:
+        aad = _step_aad(step.conversation_id, step.seq, step.turn_seq, step.type)
+        payload = {"type": step.type, ENCRYPTED_FIELD: _seal(aead, step.payload, aad)}
+        sealed.append(step.model_copy(update={"payload": payload}))
+    return sealed
 
 
-def open_step(dek: bytes, step: StoredStep) -> StoredStep:
-    """The step with its payload decrypted.
+def open_steps(dek: bytes, steps: Sequence[StoredStep]) -> list[StoredStep]:
+    """The steps with their payloads decrypted.
 
     Raises:
-        CorruptCiphertextError: altered, moved, swapped, or not encrypted.
+        CorruptCiphertextError: a step altered, moved, swapped, or not encrypted.
     """
-    aad = _step_aad(step.conversation_id, step.seq, step.turn_seq, step.type)
-    payload = _open(dek, step.payload.get(ENCRYPTED_FIELD), aad, step.conversation_id, step.seq)
-    if not isinstance(payload, dict) or payload.get("type") != step.type:
-        raise CorruptCiphertextError(
-            "decrypted payload is not a step of its type",
-            conversation_id=step.conversation_id,
-            seq=step.seq,
-        )
-    return step.model_copy(update={"payload": payload})
+    aead = _aesgcm(dek)
+    opened = []
+    for step in steps:
+        cid, seq = step.conversation_id, step.seq
+        aad = _step_aad(cid, seq, step.turn_seq, step.type)
+        payload = _open(aead, step.payload.get(ENCRYPTED_FIELD), aad, cid, seq)
+        if type(payload) is not dict or payload.get("type") != step.type:
+            raise CorruptCiphertextError(
+                "decrypted payload is not a step of its type", conversation_id=cid, seq=seq
+            )
+        opened.append(stored_step(cid, seq, step.turn_seq, payload))
+    return opened
 
 
 def seal_config(dek: bytes, conversation_id: str, config: JSONObject) -> JSONObject:
     """The stored form of a conversation's config."""
-    return {ENCRYPTED_FIELD: _seal(dek, config, _config_aad(conversation_id))}
+    return {ENCRYPTED_FIELD: _seal(_aesgcm(dek), config, _config_aad(conversation_id))}
 
 
 def open_config(dek: bytes, conversation_id: str, stored: JSONObject) -> JSONObject:
@@ -358,9 +383,8 @@ def open_config(dek: bytes, conversation_id: str, stored: JSONObject) -> JSONObj
     """
     if set(stored) != {ENCRYPTED_FIELD}:
         raise CorruptCiphertextError("settings are not encrypted", conversation_id=conversation_id)
-    config = _open(
-        dek, stored[ENCRYPTED_FIELD], _config_aad(conversation_id), conversation_id, None
-    )
+    aad = _config_aad(conversation_id)
+    config = _open(_aesgcm(dek), stored[ENCRYPTED_FIELD], aad, conversation_id, None)
     if not isinstance(config, dict):
         raise CorruptCiphertextError(
             "decrypted settings are not an object", conversation_id=conversation_id

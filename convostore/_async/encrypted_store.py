@@ -95,7 +95,7 @@ class AsyncEncryptedStore:
             }
         )
         created = await self.inner.create_conversation(
-            sealed, turns=turns, steps=[enc.seal_step(dek, s) for s in steps]
+            sealed, turns=turns, steps=enc.seal_steps(dek, steps)
         )
         self._deks.put(record.id, dek, created.created_at)
         return created.model_copy(update={"config": record.config, "metadata": record.metadata})
@@ -114,7 +114,7 @@ class AsyncEncryptedStore:
                 "record": record.model_copy(
                     update={"config": enc.seal_config(dek, record.id, record.config)}
                 ),
-                "steps": [enc.seal_step(dek, s) for s in commit.steps],
+                "steps": enc.seal_steps(dek, commit.steps),
             }
         )
         return await self.inner.append_turn(sealed)
@@ -143,14 +143,14 @@ class AsyncEncryptedStore:
         cached = self._deks.get(conversation_id) is not None
         dek = await self._dek(conversation_id, tenant)
         try:
-            return [enc.open_step(dek, s) for s in stored]
+            return enc.open_steps(dek, stored)
         except CorruptCiphertextError:
             if not cached:
                 raise
         # the cached key may belong to an earlier conversation under this id (deleted and
         # re-created by another process): one re-read settles it
         dek = await self._fresh_dek(conversation_id, tenant)
-        return [enc.open_step(dek, s) for s in stored]
+        return enc.open_steps(dek, stored)
 
     async def load_turns(
         self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
