@@ -121,19 +121,23 @@ class AsyncSQLStore:
     # ------------------------------------------------------------------ connections
 
     async def _engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        """The engine for reads and its twin whose transactions write (BEGIN IMMEDIATE on
+        SQLite); created, and the schema checked or migrated, on first use."""
         if self._closed:
             raise StoreError(f"{self.url}: the store is closed")
-        if self._engine is None or self._writer is None:
-            engine = create_async_engine(self._sa_url, **self._options)
-            if self._dialect == "sqlite":
-                install_sqlite_hooks(engine)
-            self._engine = engine
-            self._writer = engine.execution_options(convostore_write=True)
         if not self._ready:
             async with self._lock:
                 if not self._ready:
+                    if self._engine is None:
+                        self._engine = create_async_engine(self._sa_url, **self._options)
+                        if self._dialect == "sqlite":
+                            install_sqlite_hooks(self._engine)
+                        self._writer = self._engine.execution_options(convostore_write=True)
+                    assert self._writer is not None
                     await self._prepare_schema(self._writer)
                     self._ready = True
+        if self._engine is None or self._writer is None:  # closed by another task meanwhile
+            raise StoreError(f"{self.url}: the store is closed")
         return self._engine, self._writer
 
     async def _prepare_schema(self, writer: AsyncEngine) -> None:
@@ -154,6 +158,7 @@ class AsyncSQLStore:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._ready = False
         engine, self._engine, self._writer = self._engine, None, None
         if engine is not None:
             await engine.dispose()
