@@ -58,6 +58,11 @@ def split_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), found[-1]
 
 
+def tombstone_key(prefix: str, conversation_id: str) -> str:
+    """Where DELETE leaves a minute-long note of a deletion (see ``DELETE``)."""
+    return f"{prefix}{{{conversation_id}}}:d"
+
+
 def conversation_keys(prefix: str, conversation_id: str) -> list[str]:
     """The record hash, turns list, steps list and idempotency hash of one conversation."""
     tag = f"{prefix}{{{conversation_id}}}"
@@ -247,10 +252,19 @@ return {3, redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: record, turns, steps, keys.  ARGV: tenant JSON.  Returns the deleted record's fields.
+# KEYS: record, turns, steps, keys, tombstone.  ARGV: tenant JSON, token of this call.
+# Returns the user and created_at of the deleted record (what its index entries need), or {}.
+# The tombstone keeps just those and the token for a minute, so that a re-run of an applied
+# delete (its reply lost) still reports the deletion and lets the caller clean the indexes.
 DELETE = """
-if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return {} end
-local fields = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', unpack(KEYS))
+if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then
+  if redis.call('HGET', KEYS[5], '_w') == ARGV[2] then return redis.call('HGETALL', KEYS[5]) end
+  return {}
+end
+local kept = redis.call('HMGET', KEYS[1], 'user', 'created_at')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local fields = {'user', kept[1] or 'null', 'created_at', kept[2] or 'null'}
+redis.call('HSET', KEYS[5], '_w', ARGV[2], unpack(fields))
+redis.call('PEXPIRE', KEYS[5], 60000)
 return fields
 """

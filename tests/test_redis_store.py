@@ -364,6 +364,11 @@ def test_writes_whose_reply_was_lost_are_not_reported_as_failures(
             store.append_turn(commit)
         with pytest.raises(cs.ConcurrentTurnError):
             store.update_conversation(changed)
+        proxy.armed.set()
+        assert store.delete_conversation(record.id, tenant=record.tenant) is True
+        assert proxy.dropped == 4
+        assert store.list_conversations(tenant=record.tenant).items == []
+        assert store.delete_conversation(record.id, tenant=record.tenant) is False
     finally:
         store.close()
         proxy.close()

@@ -15,6 +15,7 @@ With ``expires_at`` set, every key of the conversation gets that time as its Red
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -351,7 +352,8 @@ class RedisStore:
             return self._remove(conversation_id, tenant)
 
     def _remove(self, conversation_id: str, tenant: str) -> bool:
-        raw = self._delete(keys=self._keys(conversation_id), args=[rules.dumps(tenant)])
+        doomed = [*self._keys(conversation_id), keys.tombstone_key(self._prefix, conversation_id)]
+        raw = self._delete(keys=doomed, args=[rules.dumps(tenant), uuid.uuid4().hex])
         if not raw:
             return False
         fields = dict(zip(raw[::2], raw[1::2], strict=True))
