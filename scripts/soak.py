@@ -12,7 +12,7 @@ Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
 
 Usage::
 
-    python scripts/soak.py                 # the CI size: 4 processes x 15 turns, 12 kills
+    python scripts/soak.py                 # 4 processes x 15 turns, 12 kills per store
     python scripts/soak.py --full          # 8 processes x 50 turns, 50 kills per store
     python scripts/soak.py --full --stores sqlite,redis --seed 7
 
@@ -29,10 +29,10 @@ import contextlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +71,9 @@ class _ConflictCounter(logging.Handler):
             self.count += 1
 
 
-def _worker_concurrent(store_url: str, base_url: str, conv_id: str, turns: int, tag: str) -> int:
+def _worker_concurrent(
+    store_url: str, base_url: str, conv_id: str, turns: int, tag: str, result_path: str
+) -> None:
     counter = _ConflictCounter()
     log = logging.getLogger("convostore.conversation")
     log.setLevel(logging.INFO)
@@ -83,18 +85,18 @@ def _worker_concurrent(store_url: str, base_url: str, conv_id: str, turns: int, 
         conv = convos.get(conv_id, tenant=TENANT)
         for i in range(turns):
             conv.send(f"{tag} turn {i}", on_conflict="retry", max_conflict_retries=10_000)
-    print(json.dumps({"sent": turns, "retries": counter.count}), flush=True)
-    return 0
+    Path(result_path).write_text(json.dumps({"sent": turns, "retries": counter.count}))
 
 
-def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int) -> int:
+def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int, ack_path: str) -> None:
     rng = random.Random(seed)
+    fd = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with (
         cs.InteractionsClient(api_key=KEY, base_url=base_url) as client,
         cs.Conversations(store_url, client) as convos,
     ):
         conv = convos.get(conv_id, tenant=TENANT)
-        print("READY", flush=True)
+        os.write(fd, b"READY\n")
         for i in itertools.count():
             text = f"run {seed} turn {i}"
             if rng.random() < 0.3:
@@ -105,19 +107,24 @@ def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int) -> int:
                 assert turn is not None
             else:
                 turn = conv.send(text)
-            # Printed only once send/stream returned: the turn is acknowledged.
-            print(f"ACK {turn.record.seq} {turn.interaction_id}", flush=True)
-    return 0  # pragma: no cover - the parent kills this process
+            # Written only once send/stream returned: the turn is acknowledged. One write()
+            # per line on an O_APPEND file, so a kill never leaves half a line.
+            os.write(fd, f"ACK {turn.record.seq} {turn.interaction_id}\n".encode())
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+_CONTEXT: Any = None
+
+
+def _processes() -> Any:
+    """A forkserver context that has imported convostore and the drivers once, so a worker
+    starts in milliseconds instead of re-importing everything."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(
+            ["convostore", "convostore._sync.conversations", "sqlalchemy", "redis", "httpx"]
+        )
+    return _CONTEXT
 
 
 # --------------------------------------------------------------------------- stores
@@ -219,17 +226,25 @@ def run_concurrency(
         cs.Conversations(store_url, client) as convos,
     ):
         conv_id = convos.create(tenant=TENANT, mode="server").id
-    workers = [
-        _spawn("worker-concurrent", store_url, emulator.url, conv_id, str(turns), f"p{n}")
-        for n in range(processes)
-    ]
-    for proc in workers:
-        out, err = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"worker failed ({proc.returncode}): {err[-2000:]}")
-        report = json.loads(out.strip().splitlines()[-1])
-        figures.turns_sent += report["sent"]
-        figures.retries += report["retries"]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [Path(tmp) / f"p{n}.json" for n in range(processes)]
+        workers = [
+            _processes().Process(
+                target=_worker_concurrent,
+                args=(store_url, emulator.url, conv_id, turns, f"p{n}", str(results[n])),
+            )
+            for n in range(processes)
+        ]
+        for proc in workers:
+            proc.start()
+        for proc in workers:
+            proc.join(timeout=600)
+            if proc.exitcode != 0:
+                raise RuntimeError(f"worker failed with exit code {proc.exitcode}")
+        for path in results:
+            report = json.loads(path.read_text())
+            figures.turns_sent += report["sent"]
+            figures.retries += report["retries"]
     figures.conflicts = figures.retries
     problems, stored = check_conversation(store_url, conv_id)
     expected = processes * turns
@@ -277,31 +292,43 @@ def run_kills(store_url: str, emulator: Any, *, runs: int, seed: int, label: str
     ):
         conv_id = convos.create(tenant=TENANT, mode=rng.choice(["server", "auto"])).id
     acked: dict[int, str] = {}
-    for run in range(runs):
-        proc = _spawn("worker-kill", store_url, emulator.url, conv_id, str(rng.randrange(1 << 30)))
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "READY":
-            proc.kill()
-            raise RuntimeError(f"worker did not start: {proc.communicate()[1][-2000:]}")
-        time.sleep(rng.uniform(0.0, 0.4))
-        os.kill(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-        if proc.returncode != -signal.SIGKILL:
-            raise RuntimeError(f"worker ended on its own ({proc.returncode}): {err[-2000:]}")
-        for line in out.splitlines():
-            if line.startswith("ACK "):
-                _, seq, iid = line.split()
-                acked[int(seq)] = iid
-                figures.turns_sent += 1
-        figures.faults += 1
-        problems, stored = check_conversation(store_url, conv_id)
-        by_seq = {t.seq: t.interaction_id for t in stored}
-        lost = [seq for seq, iid in acked.items() if by_seq.get(seq) != iid]
-        figures.lost += len(lost)
-        figures.corrupted += len(problems)
-        figures.problems.extend(f"run {run}: {p}" for p in problems)
-        figures.problems.extend(f"run {run}: acknowledged turn {s} missing" for s in lost)
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(runs):
+            ack_path = Path(tmp) / f"run{run}.log"
+            ack_path.touch()
+            args = (store_url, emulator.url, conv_id, rng.randrange(1 << 30), str(ack_path))
+            proc = _processes().Process(target=_worker_kill, args=args)
+            proc.start()
+            deadline = time.monotonic() + 60
+            while not ack_path.read_bytes().startswith(b"READY"):
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"kill worker did not start ({proc.exitcode})")
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.3))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(timeout=60)
+            if proc.exitcode != -signal.SIGKILL:
+                raise RuntimeError(f"kill worker ended on its own ({proc.exitcode})")
+            for line in ack_path.read_text().splitlines():
+                if line.startswith("ACK "):
+                    _, seq, iid = line.split()
+                    acked[int(seq)] = iid
+                    figures.turns_sent += 1
+            _check_after_kill(store_url, conv_id, run, acked, figures)
     return figures
+
+
+def _check_after_kill(
+    store_url: str, conv_id: str, run: int, acked: dict[int, str], figures: Figures
+) -> None:
+    figures.faults += 1
+    problems, stored = check_conversation(store_url, conv_id)
+    by_seq = {t.seq: t.interaction_id for t in stored}
+    lost = [seq for seq, iid in acked.items() if by_seq.get(seq) != iid]
+    figures.lost += len(lost)
+    figures.corrupted += len(problems)
+    figures.problems.extend(f"run {run}: {p}" for p in problems)
+    figures.problems.extend(f"run {run}: acknowledged turn {s} missing" for s in lost)
 
 
 # --------------------------------------------------------------------------- command line
@@ -309,12 +336,6 @@ def run_kills(store_url: str, emulator: Any, *, runs: int, seed: int, label: str
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "worker-concurrent":
-        store_url, base_url, conv_id, turns, tag = argv[1:6]
-        return _worker_concurrent(store_url, base_url, conv_id, int(turns), tag)
-    if argv and argv[0] == "worker-kill":
-        store_url, base_url, conv_id, seed = argv[1:5]
-        return _worker_kill(store_url, base_url, conv_id, int(seed))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="8 processes x 50 turns, 50 kills")
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated subset")
@@ -328,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     kills = args.kills or (50 if args.full else 12)
     from convostore.emulator import Emulator
 
+    # a killed worker's half-sent request is expected here, not worth a traceback
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     failed = False
     with Emulator() as emulator:
         for kind in args.stores.split(","):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 import uuid
 from collections.abc import Callable
@@ -19,13 +19,11 @@ ALL_STORES = ("sqlite", "postgresql", "mysql", "redis")
 
 @pytest.fixture(scope="session")
 def soak() -> ModuleType:
-    """``scripts/soak.py`` (the full-size runs), imported for its sized-down runs here."""
-    spec = importlib.util.spec_from_file_location("convostore_soak", SOAK_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``scripts/soak.py`` (the full-size runs), imported for its sized-down runs here. It is
+    imported by name from ``scripts/`` so that its worker processes can import it too."""
+    if str(SOAK_PATH.parent) not in sys.path:
+        sys.path.insert(0, str(SOAK_PATH.parent))
+    return importlib.import_module("soak")
 
 
 @pytest.fixture(scope="session")
