@@ -581,3 +581,24 @@ def test_purge_needs_no_key_but_reports_what_it_could_not_open(sqlite_url: str) 
             store.purge(tenant=tenant, older_than=later)
         assert info.value.conversation_id == lost.id
         assert store.purge(tenant=tenant, older_than=later, dry_run=True) == []
+
+
+def test_a_cached_data_key_never_outlives_its_conversation(sqlite_url: str) -> None:
+    with (
+        closing(cs.open_store(sqlite_url, encryption=K1)) as first,
+        closing(cs.open_store(sqlite_url, encryption=K1)) as second,
+    ):
+        record = add_turn(first, first.create_conversation(make_record()))
+        assert len(first.load_steps(record.id, tenant=record.tenant)) == 2  # key now cached
+        assert second.delete_conversation(record.id, tenant=record.tenant)
+        again = make_record(id=record.id, tenant=record.tenant)
+        add_turn(second, second.create_conversation(again), [user_step("new")])
+        steps = first.load_steps(record.id, tenant=record.tenant)
+        assert [s.payload for s in steps] == [user_step("new")]
+        # and an append planned on a re-created conversation is sealed under its new key
+        assert second.delete_conversation(record.id, tenant=record.tenant)
+        third = second.create_conversation(make_record(id=record.id, tenant=record.tenant))
+        add_turn(first, third, [user_step("from first")])
+        steps = second.load_steps(record.id, tenant=record.tenant)
+        assert [s.payload for s in steps] == [user_step("from first")]
+        assert "k1" in repr(first) and K1._key("k1").decode() not in repr(first)
