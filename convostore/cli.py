@@ -232,6 +232,14 @@ def print_transcript(console: Console, bundle: transfer.Bundle) -> None:
         f"[bold]{rec.id}[/] tenant={escape(rec.tenant)} user={escape(str(rec.user))} "
         f"mode={rec.mode} model={escape(rec.model)} turns={rec.turn_count}"
     )
+    settings = dict(rec.config)
+    if isinstance(settings.get("tools"), list):
+        settings["tools"] = [
+            (t.get("name") or t.get("type")) if isinstance(t, dict) else t
+            for t in settings["tools"]
+        ]
+    if settings:
+        console.print(f"[dim]settings: {escape(_short(settings, 200))}[/]")
     by_turn: dict[int, list[dict[str, Any]]] = {}
     for step in bundle.steps:
         by_turn.setdefault(step.turn_seq, []).append(step.payload)
