@@ -7,12 +7,17 @@ Programmatic use (``convostore._migrate``) passes an open connection in
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 import sqlalchemy as sa
 from alembic import context
 
 from convostore._sql import metadata, normalize_url
 
 config = context.config
+if config.config_file_name is not None and "connection" not in config.attributes:
+    # the alembic command line: log as alembic.ini says; programmatic callers keep theirs
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _run(connection: sa.Connection) -> None:
