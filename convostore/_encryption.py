@@ -31,6 +31,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -155,27 +156,26 @@ class KeyRing:
 
     @classmethod
     def from_string(cls, text: str, *, primary: str | None = None) -> KeyRing:
-        """Parse ``"k2:base64key,k1:base64key"``; the first key is the primary unless
-        ``primary`` names another. Whitespace around entries is ignored."""
+        """Parse ``"k2:base64key,k1:base64key"`` (entries may also be separated by newlines;
+        lines starting with ``#`` are comments). The first key is the primary unless
+        ``primary`` names another. Error messages never quote key material."""
         keys: dict[str, bytes] = {}
-        order: list[str] = []
-        for entry in (part.strip() for part in text.split(",")):
-            if not entry:
-                continue
+        lines = (line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        entries = [e.strip() for line in lines for e in line.split(",") if e.strip()]
+        for number, entry in enumerate(entries, start=1):
             kid, sep, encoded = entry.partition(":")
             kid = kid.strip()
             if not sep:
-                raise ConfigurationError(f"key ring entry for {kid[:20]!r} is not kid:base64key")
+                raise ConfigurationError(f"key ring entry {number} is not kid:base64key")
             if kid in keys:
                 raise ConfigurationError(f"key id {kid!r} appears twice in the key ring")
             try:
                 keys[kid] = _unb64(encoded.strip())
             except (ValueError, binascii.Error) as exc:
                 raise ConfigurationError(f"key {kid!r} is not valid base64") from exc
-            order.append(kid)
-        if not order:
-            raise ConfigurationError("the key ring string holds no keys")
-        return cls(keys, primary=primary or order[0])
+        if not keys:
+            raise ConfigurationError("the key ring holds no keys")
+        return cls(keys, primary=primary or next(iter(keys)))
 
     @classmethod
     def from_env(cls, name: str = ENV_VAR, *, primary: str | None = None) -> KeyRing:
@@ -183,6 +183,15 @@ class KeyRing:
         text = os.environ.get(name)
         if not text:
             raise ConfigurationError(f"environment variable {name} holds no key ring")
+        return cls.from_string(text, primary=primary)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, primary: str | None = None) -> KeyRing:
+        """Read a key ring from a file (format of :meth:`from_string`, one entry a line)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the key file {str(path)!r}: {exc}") from exc
         return cls.from_string(text, primary=primary)
 
     @staticmethod

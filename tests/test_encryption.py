@@ -406,7 +406,7 @@ def test_the_reserved_entry_is_hidden_and_kept(sqlite_url: str) -> None:
 # --------------------------------------------------------------------------- key ring
 
 
-def test_key_ring_parsing_and_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_ring_parsing_and_repr(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     entry1, entry2 = cs.KeyRing.generate("k1"), cs.KeyRing.generate("k2")
     parsed = cs.KeyRing.from_string(f" {entry2} , {entry1} ")
     assert parsed.primary == "k2" and parsed.kids == ("k2", "k1")
@@ -415,10 +415,17 @@ def test_key_ring_parsing_and_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert secret not in repr(parsed) and secret not in str(parsed)
     monkeypatch.setenv("CONVOSTORE_KEYS", entry1)
     assert cs.KeyRing.from_env().kids == ("k1",)
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"# newest first\n{entry2}\n\n{entry1}\n")
+    assert cs.KeyRing.from_file(key_file).kids == ("k2", "k1")
+    with pytest.raises(cs.ConfigurationError) as info:
+        cs.KeyRing.from_string(f"{entry2},{secret}")  # a key pasted without its id
+    assert secret[:8] not in str(info.value)
     monkeypatch.setenv("CONVOSTORE_KEYS", "")
     short = base64.b64encode(b"x" * 16).decode()
     for bad in (
         lambda: cs.KeyRing.from_env(),
+        lambda: cs.KeyRing.from_file(tmp_path / "missing"),
         lambda: cs.KeyRing.from_string(""),
         lambda: cs.KeyRing.from_string("k1"),
         lambda: cs.KeyRing.from_string("k1:not base64!"),
