@@ -672,6 +672,7 @@ def purge_command(
     cutoff = utcnow() - parse_duration(older_than) if older_than else None
     scope = None if all_tenants else tenant
     failed: dict[str, str] = {}
+    remote_deleted: list[str] = []
     with _store(store_url) as store:
         if remote and not dry_run:
             doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=True)
@@ -681,6 +682,7 @@ def purge_command(
                 convos = Conversations(store, client)
                 for record in doomed:
                     report = convos.delete(record.id, tenant=record.tenant, remote=True)
+                    remote_deleted += report.remote_deleted
                     failed.update(report.remote_failed)
         else:
             doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=dry_run)
@@ -690,6 +692,7 @@ def purge_command(
             {
                 "dry_run": dry_run,
                 "conversations": [{"id": r.id, "tenant": r.tenant} for r in doomed],
+                "remote_deleted": remote_deleted,
                 "remote_failed": failed,
             }
         )
@@ -698,6 +701,8 @@ def purge_command(
         for record in doomed:
             console.print(f"{verb} {record.id} (tenant {record.tenant})")
         console.print(f"{verb} {len(doomed)} conversation(s)")
+        if remote and not dry_run:
+            console.print(f"remote: {len(remote_deleted)} interaction(s) deleted")
         for iid, why in failed.items():
             console.print(f"[red]remote failure[/] {iid}: {escape(why)}")
     return 1 if failed else 0

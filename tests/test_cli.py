@@ -457,7 +457,7 @@ def test_chat_in_a_terminal_then_resume(tmp_path: Path) -> None:
 
 
 def test_reconcile_delete_and_purge_against_a_server(
-    emulator: Any, tmp_path: Path, invoke: Any
+    emulator: Any, tmp_path: Path, invoke: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = sqlite_url(tmp_path / "remote.db")
     with (
@@ -490,6 +490,19 @@ def test_reconcile_delete_and_purge_against_a_server(
     _, out, _ = invoke("purge", *scope, "--older-than", "0m", "--json")
     assert [c["id"] for c in json.loads(out)["conversations"]] == [private.id]
     assert json.loads(invoke("ls", *scope, "--json")[1])["items"] == []
+
+    with (
+        InteractionsClient(api_key="k", base_url=emulator.url, max_retries=0) as client,
+        Conversations(store, client) as convos,
+    ):
+        old = convos.create(tenant="acme", mode="server")
+        kept_on_server = old.send("forget me").interaction_id
+    assert kept_on_server in emulator.interactions
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    remote = ("--remote", "--base-url", emulator.url, "--json")
+    status, out, _ = invoke("purge", *scope, "--older-than", "0m", *remote)
+    assert status == 0 and json.loads(out)["remote_deleted"] == [kept_on_server]
+    assert kept_on_server not in emulator.interactions
 
 
 def test_db_commands(tmp_path: Path, invoke: Any) -> None:
