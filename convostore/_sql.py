@@ -3,6 +3,12 @@
 The tables here describe the schema Alembic creates (``migrations/versions``); a test checks
 that autogenerate finds no difference between the two on every dialect. Nothing here opens a
 connection.
+
+Step payloads are written as compact JSON text, serialised once, and read back as text and
+decoded here. On PostgreSQL they live in a JSONB column so they stay queryable, except the
+payloads JSONB cannot hold exactly (a U+0000 in a string is refused outright; a float such as
+``1e+16`` or ``-0.0`` comes back as an int or as 0): those are kept verbatim in the same row's
+``payload_text`` with ``payload`` NULL, so every step round-trips on every dialect.
 """
 
 from __future__ import annotations
@@ -306,6 +312,11 @@ def translate_errors(url: str) -> Iterator[None]:
     except (OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError) as exc:
         if isinstance(exc, OperationalError) and _missing_table(exc):
             raise schema_error(url, "missing") from exc
+        if _refused_json(exc):
+            raise ValidationError(
+                f"{url} refused the value (JSON nested deeper than this server accepts?): "
+                f"{_first_line(exc)}"
+            ) from exc
         raise StoreUnavailable(f"{url}: {_first_line(exc)}") from exc
     except ProgrammingError as exc:
         if _missing_table(exc):
@@ -328,6 +339,17 @@ def translate_errors(url: str) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+# MariaDB checks JSON columns with json_valid(), which fails past 31 levels of nesting
+# (error 4025, a failed CHECK); MySQL refuses documents deeper than 100 (error 3157). Both
+# arrive as OperationalError, yet the value is at fault, not the connection.
+_REFUSED_JSON_CODES = frozenset({4025, 3157})
+
+
+def _refused_json(exc: BaseException) -> bool:
+    args = getattr(getattr(exc, "orig", None), "args", ())
+    return bool(args) and args[0] in _REFUSED_JSON_CODES
 
 
 def _missing_table(exc: DBAPIError) -> bool:
