@@ -695,6 +695,12 @@ class StoreConformance(_Divergences):
         assert [r.id for r in store.purge(older_than=cutoff, tenant=tenant)] == [stale.id]
         assert [r.id for r in store.list_conversations(tenant=tenant).items] == [fresh.id]
         assert store.get_conversation(neighbour.id, tenant=other) == neighbour
+        # with older_than, what has expired by ``now`` goes too
+        soon = utcnow() + timedelta(hours=1)
+        expiring = store.create_conversation(make_record(tenant=tenant, expires_at=soon))
+        purged = store.purge(now=soon, older_than=cutoff, tenant=tenant)
+        assert [r.id for r in purged] == [expiring.id]
+        assert [r.id for r in store.list_conversations(tenant=tenant).items] == [fresh.id]
 
     # ------------------------------------------------------------- bad input
 
