@@ -8,14 +8,15 @@ Step payloads are written as compact JSON text, serialised once, and read back a
 decoded here. On PostgreSQL they live in a JSONB column so they stay queryable, except the
 payloads JSONB cannot hold exactly (a U+0000 in a string is refused outright; a float such as
 ``1e+16`` or ``-0.0`` comes back as an int or as 0): those are kept verbatim in the same row's
-``payload_text`` with ``payload`` NULL, so every step round-trips on every dialect.
+``payload_text`` with ``payload`` NULL, so every step round-trips on every dialect. MariaDB
+and MySQL do the same for payloads nested deeper than their JSON checks accept.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -221,6 +222,32 @@ def jsonb_safe(value: Any, text: str) -> bool:
     return True
 
 
+# MariaDB's CHECK (json_valid(...)) on JSON columns fails past 32 levels of nesting, MySQL
+# refuses documents deeper than 100; a deeper step goes to ``payload_text``.
+_MYSQL_MAX_DEPTH = 30
+
+
+def mysql_json_safe(value: Any, text: str) -> bool:
+    """Whether MariaDB/MySQL accept ``value`` (whose JSON is ``text``) in a JSON column."""
+    if text.count("{") + text.count("[") <= _MYSQL_MAX_DEPTH:
+        return True  # cannot nest deeper than it has openers
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MYSQL_MAX_DEPTH:
+            return False
+        if isinstance(item, dict):
+            stack.extend((sub, depth + 1) for sub in item.values() if isinstance(sub, dict | list))
+        elif isinstance(item, list):
+            stack.extend((sub, depth + 1) for sub in item if isinstance(sub, dict | list))
+    return True
+
+
+_NATIVE_JSON_CHECKS: dict[str, Callable[[Any, str], bool]] = {
+    "postgresql": jsonb_safe,
+    "mysql": mysql_json_safe,
+}
+
 # --------------------------------------------------------------------------- URLs and engines
 
 _SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg", "mysql": "pymysql"}
@@ -348,7 +375,7 @@ _REFUSED_JSON_CODES = frozenset({4025, 3157})
 
 
 def _refused_json(exc: BaseException) -> bool:
-    args = getattr(getattr(exc, "orig", None), "args", ())
+    args: Any = getattr(getattr(exc, "orig", None), "args", ())
     return bool(args) and args[0] in _REFUSED_JSON_CODES
 
 
@@ -385,11 +412,14 @@ def turn_row(turn: TurnRecord) -> dict[str, Any]:
     return row
 
 
-def step_rows(step_list: Sequence[StoredStep], *, postgresql: bool) -> list[dict[str, Any]]:
+def step_rows(step_list: Sequence[StoredStep], *, dialect_name: str) -> list[dict[str, Any]]:
+    """Rows for ``step_insert``; a payload the dialect's JSON column cannot keep exactly
+    goes to ``payload_text`` instead (see the module docstring)."""
+    check = _NATIVE_JSON_CHECKS.get(dialect_name)
     rows = []
     for step in step_list:
         text = dumps(step.payload)
-        native = not postgresql or jsonb_safe(step.payload, text)
+        native = check is None or check(step.payload, text)
         rows.append(
             {
                 "conversation_id": step.conversation_id,
@@ -426,6 +456,8 @@ def step_select(dialect_name: str) -> sa.Select[Any]:
     payload: Any = steps.c.payload
     if dialect_name == "postgresql":
         payload = sa.func.coalesce(steps.c.payload_text, sa.cast(payload, sa.Text()))
+    elif dialect_name == "mysql":
+        payload = sa.func.coalesce(steps.c.payload_text, payload, type_=sa.Text())
     else:
         payload = sa.type_coerce(payload, sa.Text())  # JSON text as stored, no json.loads
     return sa.select(steps.c.seq, steps.c.turn_seq, payload)

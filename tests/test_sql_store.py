@@ -151,6 +151,40 @@ def test_corrupt_step_row_raises(sqlite_url: str) -> None:
     store.close()
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for level in range(depth):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+def test_mariadb_keeps_deep_steps_as_text(migrated_mysql: str) -> None:
+    store = cs.open_store(migrated_mysql)
+    record = store.create_conversation(make_record())
+    payloads = [{"type": "deep", "v": _nested(60)}, {"type": "shallow", "v": _nested(20)}]
+    add_turn(store, record, payloads)
+    assert [s.payload for s in store.load_steps(record.id, tenant=record.tenant)] == payloads
+    engine = _raw(migrated_mysql)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT payload IS NULL, payload_text IS NULL FROM steps "
+                "WHERE conversation_id = :c ORDER BY seq"
+            ),
+            {"c": record.id},
+        ).all()
+    engine.dispose()
+    # past MariaDB's json_valid() depth the step is kept as text; the rest stays JSON
+    assert [tuple(r) for r in rows] == [(1, 0), (0, 1)]
+    # settings live in JSON columns only: too deep is refused, nothing written
+    deep = make_record(metadata={"v": _nested(60)})
+    with pytest.raises(cs.ValidationError):
+        store.create_conversation(deep)
+    with pytest.raises(cs.ConversationNotFound):
+        store.get_conversation(deep.id, tenant=deep.tenant)
+    store.close()
+
+
 # --------------------------------------------------------------------------- MySQL ids
 
 

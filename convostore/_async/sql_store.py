@@ -212,7 +212,7 @@ class AsyncSQLStore:
                     if steps:
                         await conn.execute(
                             self._step_insert,
-                            step_rows(steps, postgresql=self._dialect == "postgresql"),
+                            step_rows(steps, dialect_name=self._dialect),
                         )
             except IntegrityError as exc:
                 async with writer.connect() as conn:
@@ -250,7 +250,7 @@ class AsyncSQLStore:
                     if commit.steps:
                         await conn.execute(
                             self._step_insert,
-                            step_rows(commit.steps, postgresql=self._dialect == "postgresql"),
+                            step_rows(commit.steps, dialect_name=self._dialect),
                         )
             except IntegrityError as exc:
                 async with writer.begin() as conn:

@@ -214,7 +214,7 @@ class SQLStore:
                     if steps:
                         conn.execute(
                             self._step_insert,
-                            step_rows(steps, postgresql=self._dialect == "postgresql"),
+                            step_rows(steps, dialect_name=self._dialect),
                         )
             except IntegrityError as exc:
                 with writer.connect() as conn:
@@ -252,7 +252,7 @@ class SQLStore:
                     if commit.steps:
                         conn.execute(
                             self._step_insert,
-                            step_rows(commit.steps, postgresql=self._dialect == "postgresql"),
+                            step_rows(commit.steps, dialect_name=self._dialect),
                         )
             except IntegrityError as exc:
                 with writer.begin() as conn:
