@@ -610,9 +610,15 @@ def check_id(value: object, what: str = "id") -> str:
     return value
 
 
+MAX_JSON_DEPTH = 100
+"""How deeply objects and arrays may nest in a stored value (MySQL's own limit; pydantic
+serialises no deeper than about 250 levels). MariaDB accepts 31 levels at most."""
+
+
 def check_json(value: object, what: str = "value") -> Any:
     """Check that ``value`` is plain JSON (dict/list/str/int/float/bool/None, finite floats,
-    string keys, no lone surrogates) and return it unchanged."""
+    string keys, no lone surrogates, nested at most ``MAX_JSON_DEPTH`` levels) and return it
+    unchanged."""
     try:
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
@@ -622,16 +628,18 @@ def check_json(value: object, what: str = "value") -> Any:
 
 
 def _check_keys(value: object, what: str) -> None:
-    stack = [value]
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple) and depth >= MAX_JSON_DEPTH:
+            raise ValidationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise ValidationError(f"{what} has a non-string key {key!r}")
-                stack.append(sub)
+                stack.append((sub, depth + 1))
         elif isinstance(item, list | tuple):
-            stack.extend(item)
+            stack.extend((sub, depth + 1) for sub in item)
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValidationError(f"{what} contains a non-finite number")
 
