@@ -208,17 +208,24 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_NOT_WORDS = ("type", "signature", "id", "call_id", "mime_type", "data")
+
+
 def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        skip = ("type", "signature", "id", "call_id", "mime_type", "data")
-        return [s for k, v in value.items() if k not in skip for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    if isinstance(value, bool | int | float):
-        return [str(value)]
-    return []
+    # An explicit stack, not recursion: any JSON the client sends, however deep, is counted.
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(reversed([v for k, v in item.items() if k not in _NOT_WORDS]))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, bool | int | float):
+            found.append(str(item))
+    return found
 
 
 def _words(value: Any) -> int:
