@@ -92,7 +92,7 @@ class Conversations:
                 mode=planner.check_mode(mode),
                 model=_check_model(model if model is not None else self.model),
                 config=config,
-                metadata=metadata or {},
+                metadata=metadata if metadata is not None else {},
                 created_at=now,
                 updated_at=now,
                 expires_at=now + ttl if ttl is not None else None,
