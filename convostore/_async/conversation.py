@@ -261,7 +261,12 @@ class AsyncConversation:
             changes["metadata"] = metadata
         if settings:
             changes["config"] = planner.check_config({**record.config, **settings})
-        updated = ConversationRecord.model_validate({**record.model_dump(), **changes})
+        try:
+            updated = ConversationRecord.model_validate({**record.model_dump(), **changes})
+        except ValueError as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            raise ValidationError(str(exc)) from exc
         self._record = await self._store.update_conversation(updated)
         return self._record
 
