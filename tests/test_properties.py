@@ -1,0 +1,363 @@
+"""Property-based tests: inputs, ids, tenants, metadata and steps of every shape.
+
+Each value either gets a :class:`convostore.ValidationError` (with nothing written or sent) or
+is stored and returned verbatim; afterwards the store verifies and earlier data is unchanged.
+Memory and SQLite run many examples; PostgreSQL, MariaDB and Redis a few each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import convostore as cs
+from convostore import _migrate, _transfer
+from convostore.emulator import Emulator
+from convostore.models import MAX_JSON_DEPTH, TurnCommit
+from convostore.testing import make_commit, model_step, user_step
+
+KEY = "property-key-0123456789"
+EXAMPLES = {"memory": 60, "sqlite": 40, "postgresql": 8, "mysql": 8, "redis": 8}
+FRAGMENTS = [
+    "'; DROP TABLE steps; --",
+    '" OR 1=1 --',
+    "\\",
+    "%",
+    "_",
+    "*",
+    "?",
+    "[a-z]",
+    "{tag}",
+    "}{",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "\udfff",
+    "\u2028",
+    "🐈\u200d⬛",
+    "null",
+    "$where",
+    "KEYS *",
+    "\r\n",
+]
+
+# Text of any code point, lone surrogates included.
+any_text = st.one_of(
+    st.text(st.characters(exclude_categories=()), max_size=20),
+    st.sampled_from(FRAGMENTS),
+    st.lists(st.sampled_from(FRAGMENTS), min_size=2, max_size=4).map("".join),
+)
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    any_text,
+)
+odd_leaves = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, b"bytes", {1, 2}, dt.date(2026, 1, 1)]),
+    st.builds(object),
+)
+keys = st.one_of(any_text, st.integers(), st.none())
+
+
+def values(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        leaves,
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+any_value = values(st.one_of(json_leaves, json_leaves, odd_leaves))
+objects = st.dictionaries(any_text, any_value, max_size=4)
+ids = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,30}", fullmatch=True),
+    any_text,
+    st.text(max_size=300),
+    st.integers(),
+    st.none(),
+)
+step_payloads = st.one_of(
+    st.builds(lambda kind, extra: {**extra, "type": kind}, any_text, objects),
+    objects,
+    any_value,
+)
+
+
+def is_plain_json(value: Any) -> bool:
+    """The oracle: what must be accepted (and come back verbatim)."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, tuple):
+            return False  # JSON would hand it back as a list
+    return True
+
+
+def exact(value: Any) -> str:
+    """A JSON value as canonical text: equal only if equal in every type and digit."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for i in range(depth):
+        value = {"d": value} if i % 2 else [value]
+    return value
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "mysql", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    kind: str = request.param
+    if kind == "memory":
+        return kind, f"memory://props-{uuid.uuid4().hex[:8]}"
+    if kind == "sqlite":
+        return kind, f"sqlite:///{tmp_path / 'props.db'}"
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        return kind, f"{url}?key_prefix={request.getfixturevalue('redis_prefix')}"
+    url = request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url")
+    _migrate.upgrade(url)
+    return kind, url
+
+
+@contextlib.contextmanager
+def opened(url: str, emulator: Emulator) -> Iterator[cs.Conversations]:
+    with (
+        cs.InteractionsClient(api_key=KEY, base_url=emulator.url, max_retries=0) as client,
+        cs.Conversations(url, client) as convos,
+    ):
+        yield convos
+
+
+def snapshot(store: cs.Store, record: cs.ConversationRecord) -> tuple[Any, ...]:
+    return (
+        store.get_conversation(record.id, tenant=record.tenant),
+        store.load_turns(record.id, tenant=record.tenant),
+        store.load_steps(record.id, tenant=record.tenant),
+    )
+
+
+def assert_verifies(store: cs.Store, record: cs.ConversationRecord) -> None:
+    current = store.get_conversation(record.id, tenant=record.tenant)
+    assert _transfer.verify(store, current) == []
+
+
+def unchecked_commit(record: cs.ConversationRecord, payloads: list[Any]) -> TurnCommit:
+    """A commit of ``payloads`` built without pydantic validation, so that the store's own
+    checks are what stands between a bad payload and the database."""
+    commit = make_commit(record, [model_step("placeholder")] * len(payloads))
+    steps = [
+        cs.StoredStep.model_construct(
+            conversation_id=record.id,
+            seq=step.seq,
+            turn_seq=step.turn_seq,
+            type=payload.get("type") if isinstance(payload, dict) else "model_output",
+            payload=payload,
+        )
+        for step, payload in zip(commit.steps, payloads, strict=True)
+    ]
+    return commit.model_copy(update={"steps": steps})
+
+
+def run_property(kind: str, test: Callable[..., None]) -> None:
+    settings(
+        max_examples=EXAMPLES[kind],
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        database=None,
+    )(test)()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_conversation_fields_of_every_shape(
+    store_url: tuple[str, str], emulator_server: Emulator
+) -> None:
+    kind, url = store_url
+    with opened(url, emulator_server) as convos:
+        store = convos.store
+        baseline = convos.create(tenant="props", metadata={"keep": "me"})
+        baseline.send("I have 2 dogs in my house.")
+        before = snapshot(store, baseline.record)
+
+        @given(
+            tenant=ids, user=st.one_of(st.none(), ids), conversation_id=st.one_of(st.none(), ids),
+            metadata=st.one_of(objects, any_value), system=st.one_of(st.none(), any_text),
+            generation_config=st.one_of(st.none(), objects),
+        )  # fmt: skip
+        @example(
+            tenant="t", user=None, conversation_id=None, metadata={"big": "x" * 2_000_000},
+            system=None, generation_config=None,
+        )  # fmt: skip
+        @example(
+            tenant="t", user="u", conversation_id=None, metadata={"deep": nested(60)},
+            system="s", generation_config={"deep": nested(40)},
+        )  # fmt: skip
+        @example(
+            tenant="t", user=None, conversation_id=None, metadata=[], system=None,
+            generation_config=None,
+        )  # fmt: skip
+        @example(
+            tenant="x'; DROP TABLE conversations; --", user=None, conversation_id=None,
+            metadata={}, system=None, generation_config=None,
+        )  # fmt: skip
+        def check(**fields: Any) -> None:
+            options = {k: fields[k] for k in ("tenant", "user", "conversation_id", "metadata")}
+            try:
+                conv = convos.create(
+                    **options,
+                    system_instruction=fields["system"],
+                    generation_config=fields["generation_config"],
+                )
+            except cs.ValidationError:
+                pass
+            else:
+                assert is_plain_json(fields["metadata"])
+                assert fields["metadata"] is None or isinstance(fields["metadata"], dict)
+                got = store.get_conversation(conv.id, tenant=conv.tenant)
+                given_metadata = {} if fields["metadata"] is None else fields["metadata"]
+                assert exact(got.metadata) == exact(given_metadata)
+                assert got.tenant == fields["tenant"] and got.user == fields["user"]
+                assert got.config.get("system_instruction") == fields["system"]
+                assert got.config.get("generation_config") == fields["generation_config"]
+                assert_verifies(store, got)
+            assert snapshot(store, baseline.record) == before
+
+        run_property(kind, check)
+
+
+def test_steps_of_every_shape(store_url: tuple[str, str], emulator_server: Emulator) -> None:
+    kind, url = store_url
+    with opened(url, emulator_server) as convos:
+        store = convos.store
+        baseline = convos.create(tenant="props")
+        baseline.send("I have 2 dogs in my house.")
+        before = snapshot(store, baseline.record)
+        target = convos.create(tenant="props")
+
+        @given(payloads=st.lists(step_payloads, min_size=1, max_size=3))
+        @example(payloads=[user_step("x" * 3_000_000), model_step("\x00" * 1000)])
+        @example(payloads=[{"type": "deep", "v": nested(40)}])
+        @example(payloads=[{"type": "t", "n": 10**40, "f": 1e308, "z": -0.0, "e": 5e-324}])
+        @example(payloads=[{"type": "a\x00b", "k\x00": "v"}])
+        def check(payloads: list[Any]) -> None:
+            record = store.get_conversation(target.id, tenant="props")
+            stored_before = store.load_steps(target.id, tenant="props")
+            commit = unchecked_commit(record, payloads)
+            try:
+                store.append_turn(commit)
+            except cs.ValidationError:
+                assert store.load_steps(target.id, tenant="props") == stored_before
+                assert store.get_conversation(target.id, tenant="props") == record
+            else:
+                assert all(isinstance(p, dict) and is_plain_json(p) for p in payloads)
+                new = store.load_steps(target.id, tenant="props", turn=commit.turn.seq)
+                assert [s.payload for s in new] == payloads
+                # exact types too (True is not 1, 1.0 is not 1); key order is not kept by JSONB
+                assert [exact(s.payload) for s in new] == [exact(p) for p in payloads]
+            assert snapshot(store, baseline.record) == before
+
+        run_property(kind, check)
+        assert_verifies(store, baseline.record)
+
+
+# --------------------------------------------------------------------------- sending
+
+
+send_inputs = st.one_of(
+    any_text,
+    st.lists(st.builds(lambda t: {"type": "text", "text": t}, any_text), max_size=3),
+    st.lists(st.builds(lambda kind, extra: {**extra, "type": kind}, any_text, objects), max_size=2),
+    any_value,
+)
+
+
+@pytest.mark.parametrize("store_url", ["memory", "sqlite"], indirect=True)
+def test_send_inputs_of_every_shape(store_url: tuple[str, str], emulator_server: Emulator) -> None:
+    kind, url = store_url
+    with opened(url, emulator_server) as convos:
+        store = convos.store
+        conv = convos.create(tenant="props", mode="server")
+        conv.send("I have 2 dogs in my house.")
+
+        @given(value=send_inputs, key=st.one_of(st.none(), ids))
+        @example(value="\ud800 lone", key=None)
+        @example(value="a\x00b", key=None)
+        @example(value="fine", key="'; DROP TABLE turns; --")
+        @example(value=[{"type": "text", "text": "hi", "x-extra": {"k": [1, None]}}], key=None)
+        def check(value: Any, key: Any) -> None:
+            record = conv.refresh()
+            history = conv.history()
+            sent = len(emulator_server.requests)
+            try:
+                turn = conv.send(value, idempotency_key=key)
+            except cs.ValidationError:
+                assert len(emulator_server.requests) == sent  # nothing sent
+                assert conv.refresh() == record and conv.history() == history
+                return
+            except cs.BadRequestError:
+                # the service's own validation (e.g. an unknown content type): nothing stored
+                assert conv.refresh() == record and conv.history() == history
+                return
+            assert is_plain_json(value)
+            if isinstance(value, str):
+                assert turn.input_steps[0]["content"] == [{"type": "text", "text": value}]
+            stored = store.load_steps(conv.id, tenant="props", turn=turn.seq)
+            assert [s.payload for s in stored] == turn.input_steps + turn.steps
+            assert conv.history()[: len(history)] == history
+
+        run_property(kind, check)
+        assert_verifies(store, conv.record)
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 5_000])
+def test_too_deep_values_are_refused_everywhere(
+    depth: int, store_url: tuple[str, str], emulator_server: Emulator
+) -> None:
+    _, url = store_url
+    with opened(url, emulator_server) as convos:
+        store = convos.store
+        conv = convos.create(tenant="props")
+        conv.send("I have 2 dogs in my house.")
+        before = snapshot(store, conv.record)
+        sent = len(emulator_server.requests)
+        deep = nested(depth)
+        attempts: list[Callable[[], object]] = [
+            lambda: convos.create(tenant="props", metadata={"deep": deep}),
+            lambda: conv.update(metadata={"deep": deep}),
+            lambda: conv.update(generation_config={"deep": deep}),
+            lambda: store.append_turn(unchecked_commit(conv.record, [{"type": "d", "v": deep}])),
+            lambda: conv.send([{"type": "text", "text": "x", "deep": deep}]),
+        ]
+        for attempt in attempts:
+            with pytest.raises(cs.ValidationError):
+                attempt()
+        assert snapshot(store, conv.record) == before
+        assert len(emulator_server.requests) == sent
+        assert convos.list(tenant="props").items  # nothing else was created
+        assert_verifies(store, conv.record)
