@@ -45,7 +45,7 @@ from ._exceptions import (
     StoreUnavailable,
     ValidationError,
 )
-from ._store_rules import REQUIRES_ACTION, dumps
+from ._store_rules import APPEND_FIELDS, REQUIRES_ACTION, UPDATE_FIELDS, dumps
 from ._urls import redact
 from .models import ConversationRecord, StoredStep, TurnRecord
 
@@ -542,28 +542,6 @@ def decode_turn(row: Any) -> TurnRecord:
 # Built once with bind parameters: building Core statements per call costs more than the
 # round trip on SQLite, and the compiled form is cached under the statement's cache key.
 
-APPEND_FIELDS = (
-    "version",
-    "turn_count",
-    "step_count",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "last_turn_hash",
-    "updated_at",
-)
-UPDATE_FIELDS = (
-    "mode",
-    "model",
-    "config",
-    "metadata",
-    "expires_at",
-    "head_interaction_id",
-    "head_created_at",
-    "head_model",
-    "updated_at",
-    "version",
-)
 _conv = conversations.c
 _SCOPE = sa.and_(_conv.id == sa.bindparam("w_id"), _conv.tenant == sa.bindparam("w_tenant"))
 

@@ -25,13 +25,11 @@ from .._exceptions import (
     StoreError,
 )
 from .._sql import (
-    APPEND_FIELDS,
     APPEND_UPDATE,
     SELECT_CONVERSATION,
     SELECT_TURN_BY_KEY,
     SELECT_VERSION,
     SETTINGS_UPDATE,
-    UPDATE_FIELDS,
     conversation_row,
     conversations,
     decode_conversation,
@@ -54,6 +52,8 @@ from .._sql import (
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
 from .._store_rules import (
+    APPEND_FIELDS,
+    UPDATE_FIELDS,
     check_commit,
     check_idempotency_key,
     check_list,
