@@ -443,6 +443,23 @@ def test_chat_in_a_terminal_then_resume(tmp_path: Path) -> None:
     child.expect(r"Seen 3 user turn\(s\)")
     child.expect("chain_broken")
     child.expect("you> ")
+    child.sendline("/fork 1")
+    child.expect(r"forked at turn 1: now in (?:\x1b\[[0-9;]*m)?([0-9a-f]{32})")
+    fork_id = child.match.group(1)
+    child.expect("you> ")
+    child.sendline("/mode stateless")
+    child.expect("mode is now stateless")
+    child.expect("you> ")
+    child.sendline("/mode sideways")
+    child.expect("error:")
+    child.expect("you> ")
+    child.sendline("How many paws now?")
+    child.expect(r"Seen 2 user turn\(s\)")
+    child.expect("stateless_mode")
+    child.expect("you> ")
+    child.sendline("/history")
+    child.expect("turn 2 · stateless · stateless_mode")
+    child.expect("you> ")
     child.sendeof()
     child.expect(pexpect.EOF)
     child.close()
@@ -451,6 +468,8 @@ def test_chat_in_a_terminal_then_resume(tmp_path: Path) -> None:
     data = run_json("show", conversation_id, "--store", store, "--tenant", "acme", cwd=tmp_path)
     said = [t["steps"][0]["content"][0]["text"] for t in data["turns"] if t["steps"]]
     assert said == ["I have 2 dogs in my house.", "How many paws are in my house?", "And a cat."]
+    fork = run_json("show", fork_id, "--store", store, "--tenant", "acme", cwd=tmp_path)
+    assert fork["conversation"]["mode"] == "stateless" and len(fork["turns"]) == 2
 
 
 # --------------------------------------------------------------------------- server side
