@@ -1,7 +1,7 @@
 """Building a stateless request, and bytes per turn by mode (issue items 4 and 7).
 
 The replay body over N stored steps is what a stateless turn costs before any I/O: the
-planner's request plus the client's checks and JSON encoding, beside a bare ``json.dumps``
+planner's request plus the client's JSON encoding, beside a bare ``json.dumps``
 of the same list (target: <= 1.3x). Bytes per turn compare the body a chained turn sends
 with the body a replayed turn sends, at turn 10 and turn 100.
 """
@@ -14,7 +14,6 @@ import httpx
 
 from convostore import _planner as planner
 from convostore._async.client import AsyncInteractionsClient
-from convostore._client_base import check_create_body
 from convostore.models import JSONObject, Reason
 
 from . import _data
@@ -33,10 +32,11 @@ def measure(sizes: Sizes) -> list[Row]:
     http = httpx.Client()
 
     def ours() -> bytes:
-        # what AsyncConversation._body and the client's create do before sending
+        # what AsyncConversation._body and the client do before sending (the new input was
+        # checked on its way in, the stored steps when they were written)
         history = [s.payload for s in stored]
         body = planner.plan_request(record, _STATELESS, new_steps=new, history=history)
-        request = client._build(http, "POST", client._url(), body=check_create_body(body))
+        request = client._build(http, "POST", client._url(), body=body)
         return request.content
 
     payloads = [s.payload for s in stored]

@@ -174,12 +174,14 @@ class AsyncConversation:
     async def _create(self, prepared: _Prepared) -> tuple[Interaction, planner.Decision]:
         decision = prepared.decision
         try:
-            return await self._client.create(**await self._body(prepared, decision)), decision
+            body = await self._body(prepared, decision)
+            return await self._client._create_checked(body), decision
         except (NotFoundError, BadRequestError) as exc:
             if decision.previous_interaction_id is None:
                 raise
             decision = self._chain_broken(prepared, exc)
-        return await self._client.create(**await self._body(prepared, decision)), decision
+        body = await self._body(prepared, decision)
+        return await self._client._create_checked(body), decision
 
     async def _commit(
         self,
@@ -333,7 +335,7 @@ class AsyncTurnStream:
 
     async def _open(self, prepared: _Prepared, decision: planner.Decision) -> Any:
         body = await self._conversation._body(prepared, decision)
-        api = self._conversation._client.stream(**body)
+        api = self._conversation._client._stream_checked(body)
         await api.__aenter__()
         return api
 

@@ -127,8 +127,16 @@ class InteractionsClient(BaseInteractionsClient):
             events = self.stream(**body)
             events._open()
             return events
-        checked = check_create_body(body)
-        response = self._send("POST", self._url(), body=checked, idempotent=False)
+        return self._create_checked(check_create_body(body))
+
+    def _create_checked(self, body: Mapping[str, Any]) -> Interaction:
+        """``create`` for a body known to pass ``check_create_body``.
+
+        A conversation plans its bodies from checked input, checked settings and stored
+        steps (checked when written); re-checking a replayed history would validate every
+        stored step through pydantic on every turn (DESIGN.md §7).
+        """
+        response = self._send("POST", self._url(), body=body, idempotent=False)
         return parse_interaction(response)
 
     def stream(self, **body: Any) -> InteractionStream:
@@ -138,8 +146,11 @@ class InteractionsClient(BaseInteractionsClient):
         Raises:
             ValidationError: a malformed body; nothing is sent.
         """
-        checked = check_create_body(body)
-        checked["stream"] = True
+        return self._stream_checked(check_create_body(body))
+
+    def _stream_checked(self, body: Mapping[str, Any]) -> InteractionStream:
+        """``stream`` for a body known to pass ``check_create_body`` (see ``_create_checked``)."""
+        checked = {**body, "stream": True}
         return InteractionStream(self, "POST", self._url(), body=checked, idempotent=False)
 
     @overload

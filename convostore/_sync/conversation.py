@@ -175,12 +175,14 @@ class Conversation:
     def _create(self, prepared: _Prepared) -> tuple[Interaction, planner.Decision]:
         decision = prepared.decision
         try:
-            return self._client.create(**self._body(prepared, decision)), decision
+            body = self._body(prepared, decision)
+            return self._client._create_checked(body), decision
         except (NotFoundError, BadRequestError) as exc:
             if decision.previous_interaction_id is None:
                 raise
             decision = self._chain_broken(prepared, exc)
-        return self._client.create(**self._body(prepared, decision)), decision
+        body = self._body(prepared, decision)
+        return self._client._create_checked(body), decision
 
     def _commit(
         self,
@@ -334,7 +336,7 @@ class TurnStream:
 
     def _open(self, prepared: _Prepared, decision: planner.Decision) -> Any:
         body = self._conversation._body(prepared, decision)
-        api = self._conversation._client.stream(**body)
+        api = self._conversation._client._stream_checked(body)
         api.__enter__()
         return api
 
