@@ -6,7 +6,9 @@ reads the store, calls the API, and writes the commit the planner produced.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -40,7 +42,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger("convostore.conversation")
 
 OnConflict = Literal["raise", "retry"]
+CONFLICT_DELAY = 0.05
+MAX_CONFLICT_DELAY = 1.0
 _INPUT_TYPES = frozenset({"user_input", "function_result"})
+
+
+def conflict_delay(attempt: int) -> float:
+    """Seconds to wait before re-planning after the ``attempt``-th conflict: exponential with
+    full jitter, so writers racing on one conversation spread out instead of colliding again
+    (every lost race costs a billed request)."""
+    return random.uniform(0.0, min(MAX_CONFLICT_DELAY, CONFLICT_DELAY * 2 ** (attempt - 1)))
 
 
 class _Prepared:
@@ -125,6 +136,7 @@ class AsyncConversation:
                 if on_conflict != "retry" or attempt > max_conflict_retries:
                     raise
                 logger.info("conversation %s: conflict, re-planning (%d)", self.id, attempt)
+                await asyncio.sleep(conflict_delay(attempt))
 
     def stream(self, input: Any, *, idempotency_key: str | None = None) -> AsyncTurnStream:
         """Send one user turn and stream the answer as it arrives.
