@@ -139,7 +139,9 @@ def normalize_input(value: Any) -> list[JSONObject]:
     if isinstance(value, str):
         if not value.strip():
             raise ValidationError("input must not be empty")
-        return [{"type": "user_input", "content": [{"type": "text", "text": value}]}]
+        # the one path that skips the loop below; it must refuse what no JSON encoder sends
+        step = {"type": "user_input", "content": [{"type": "text", "text": value}]}
+        return [check_json(step, "input")]
     items = [_as_json(v) for v in value] if isinstance(value, list | tuple) else [_as_json(value)]
     if not items:
         raise ValidationError("input must not be empty")
