@@ -573,10 +573,39 @@ def versioned_params(record: ConversationRecord, fields: Sequence[str]) -> dict[
     return params
 
 
-def newest_turn(conversation_id: str, anchor_seq: int) -> sa.Select[Any]:
+def step_read(select: sa.Select[Any], *, after: bool, turn: bool, newest: bool) -> sa.Select[Any]:
+    """``select`` (a ``step_select``) narrowed to one conversation, in seq order, in one
+    statement: the tenant check (an uncorrelated EXISTS, evaluated once) and the newest-N
+    boundary ride along, so no separate read of the conversation row is needed. Built once per
+    shape with bind parameters ``w_id``, ``w_tenant`` and ``after_seq``/``turn``/``newest``.
+    """
+    c = steps.c
+    query = select.where(c.conversation_id == sa.bindparam("w_id"), sa.exists().where(_SCOPE))
+    if after:
+        query = query.where(c.seq > sa.bindparam("after_seq"))
+    if turn:
+        query = query.where(c.turn_seq == sa.bindparam("turn"))
+    if newest:
+        count, want = _conv.step_count, sa.bindparam("newest", type_=sa.Integer())
+        anchor = (
+            sa.select(sa.case((count > want, count - want + 1), else_=1))
+            .where(_SCOPE)
+            .scalar_subquery()
+        )
+        query = query.where(
+            c.turn_seq >= newest_turn(sa.bindparam("w_id"), anchor).scalar_subquery()
+        )
+    # seq order equals (turn_seq, seq) order; naming turn_seq when filtering on it lets
+    # planners read the suffix from the turn index instead of the whole conversation from
+    # the primary key
+    return query.order_by(*((c.turn_seq, c.seq) if turn or newest else (c.seq,)))
+
+
+def newest_turn(conversation_id: Any, anchor_seq: Any) -> sa.Select[Any]:
     """The first turn of ``load_steps(newest=N)``'s suffix, as a one-row query.
 
-    ``anchor_seq`` is the first step the caller wants (step_count - N + 1). The suffix starts
+    ``anchor_seq`` is the first step the caller wants (step_count - N + 1; a number or a
+    scalar subquery). The suffix starts
     at the latest turn, at or before the anchor's, whose predecessor did not end in
     ``requires_action`` (``_store_rules.newest_start`` states the same rule for backends that
     walk turns in Python): one primary-key probe and a short backward walk over turns.

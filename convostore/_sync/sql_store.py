@@ -38,10 +38,10 @@ from .._sql import (
     decode_steps,
     decode_turn,
     install_sqlite_hooks,
-    newest_turn,
     normalize_url,
     schema_error,
     step_insert,
+    step_read,
     step_rows,
     step_select,
     translate_errors,
@@ -98,6 +98,7 @@ class SQLStore:
         self._lock = threading.Lock()
         self._step_insert = step_insert(self._dialect)
         self._step_select = step_select(self._dialect)
+        self._step_reads: dict[tuple[bool, bool, bool], sa.Select[Any]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStore:
@@ -353,28 +354,24 @@ class SQLStore:
     ) -> list[StoredStep]:
         check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
         engine, _ = self._engines()
-        c = steps_table.c
-        query = self._step_select.where(c.conversation_id == conversation_id)
-        if after_seq:
-            query = query.where(c.seq > after_seq)
-        if turn is not None:
-            query = query.where(c.turn_seq == turn)
+        if newest == 0:
+            self.get_conversation(conversation_id, tenant=tenant)  # the tenant check
+            return []
+        shape = (after_seq > 0, turn is not None, newest is not None)
+        query = self._step_reads.get(shape)
+        if query is None:
+            query = self._step_reads[shape] = step_read(
+                self._step_select, after=shape[0], turn=shape[1], newest=shape[2]
+            )
+        params: dict[str, Any] = {"w_id": conversation_id, "w_tenant": tenant}
+        for name, value in (("after_seq", after_seq or None), ("turn", turn), ("newest", newest)):
+            if value is not None:
+                params[name] = value
         with translate_errors(self.url):
             with engine.connect() as conn:
-                record = self._record(conn, conversation_id, tenant)
-                if newest is not None:
-                    want = min(newest, record.step_count)
-                    if want <= 0:
-                        return []
-                    anchor = record.step_count - want + 1
-                    first_turn = newest_turn(conversation_id, anchor)
-                    query = query.where(c.turn_seq >= (conn.execute(first_turn)).scalar())
-                # seq order equals (turn_seq, seq) order; naming turn_seq when filtering on it
-                # lets planners read the suffix from the turn index instead of the whole
-                # conversation from the primary key
-                filtered = turn is not None or newest is not None
-                query = query.order_by(*((c.turn_seq, c.seq) if filtered else (c.seq,)))
-                rows = (conn.execute(query)).all()
+                rows = (conn.execute(query, params)).all()
+                if not rows:  # an empty range, or no such conversation in this tenant
+                    self._record(conn, conversation_id, tenant)
         return decode_steps(conversation_id, rows)
 
     def load_turns(
