@@ -175,7 +175,7 @@ def unchecked_commit(record: cs.ConversationRecord, payloads: list[Any]) -> Turn
             conversation_id=record.id,
             seq=step.seq,
             turn_seq=step.turn_seq,
-            type=payload.get("type") if isinstance(payload, dict) else "model_output",
+            type=str(payload.get("type")) if isinstance(payload, dict) else "model_output",
             payload=payload,
         )
         for step, payload in zip(commit.steps, payloads, strict=True)

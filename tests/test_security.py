@@ -29,6 +29,7 @@ from convostore import _migrate, _transfer
 from convostore import _redis_keys as redis_keys
 from convostore._sql import normalize_url
 from convostore.emulator import Emulator
+from convostore.models import utcnow
 from convostore.testing import make_commit, model_step, user_step
 
 CONVOSTORE = str(Path(sys.executable).with_name("convostore"))
@@ -45,7 +46,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if kind == "redis":
         url = request.getfixturevalue("redis_url")
         return f"{url}?key_prefix={request.getfixturevalue('redis_prefix')}"
-    url = request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url")
+    url = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
     _migrate.upgrade(url)
     return url
 
@@ -100,7 +101,7 @@ def test_a_foreign_tenant_sees_nothing_and_changes_nothing(
 
         def as_missing(operation: Callable[[str, str], object]) -> None:
             """The operation on the foreign conversation fails exactly as on a missing one."""
-            outcomes = []
+            outcomes: list[tuple[object, str]] = []
             for target in (conv.id, missing):
                 try:
                     result = operation(target, intruder)
@@ -382,7 +383,7 @@ def test_delete_remote_erases_every_server_copy_and_reports_failures(
 ) -> None:
     with opened(store_url, emulator) as convos:
         conv = convos.create(tenant="erase", mode="server")
-        ids = [conv.send(text).interaction_id for text in ("one", "two", "three")]
+        ids = [str(conv.send(text).interaction_id) for text in ("one", "two", "three")]
         assert all(i in emulator.interactions for i in ids)
         emulator.fail(500, method="DELETE", times=1)  # the first delete fails
         report = convos.delete(conv.id, tenant="erase", remote=True)
@@ -405,9 +406,9 @@ def test_cli_delete_and_purge_remote(store_url: str, emulator: Emulator) -> None
         doomed = convos.create(tenant=tenant, mode="server")
         doomed_ids = [doomed.send(t).interaction_id for t in ("a", "b")]
         expiring = convos.create(tenant=tenant, mode="server", ttl=timedelta(seconds=2))
-        expiring_ids = [expiring.send(t).interaction_id for t in ("c", "d")]
+        expiring_ids = [str(expiring.send(t).interaction_id) for t in ("c", "d")]
         assert expiring.record.expires_at is not None
-        wait = (expiring.record.expires_at - cs.models.utcnow()).total_seconds()  # type: ignore[attr-defined]
+        wait = (expiring.record.expires_at - utcnow()).total_seconds()
 
     result = run_cli(
         "delete", doomed.id, "--remote", "--json", "--store", store_url, "--tenant", tenant,
