@@ -592,9 +592,12 @@ def step_read(select: sa.Select[Any], *, after: bool, turn: bool, newest: bool) 
             .where(_SCOPE)
             .scalar_subquery()
         )
-        query = query.where(
-            c.turn_seq >= newest_turn(sa.bindparam("w_id"), anchor).scalar_subquery()
-        )
+        # joined as a one-row derived table rather than compared with a scalar subquery:
+        # MariaDB uses a subquery's value for an index range only in this form, and would
+        # otherwise read the whole conversation to keep its newest steps
+        first_turn = newest_turn(sa.bindparam("w_id"), anchor).scalar_subquery()
+        first = sa.select(first_turn.label("turn_seq")).subquery("first_turn")
+        query = query.select_from(steps.join(first, c.turn_seq >= first.c.turn_seq))
     # seq order equals (turn_seq, seq) order; naming turn_seq when filtering on it lets
     # planners read the suffix from the turn index instead of the whole conversation from
     # the primary key
