@@ -129,8 +129,10 @@ def decode_turn(raw: bytes) -> TurnRecord:
 
 
 def decode_spans(raw: Sequence[bytes]) -> list[TurnSpan]:
+    # one json.loads over the joined elements, as in decode_steps
+    rows = loads(b"[" + b",".join(raw) + b"]", "stored turn")
     try:
-        return [TurnSpan(*loads(item, "stored turn")[:2]) for item in raw]
+        return [TurnSpan(*row[:2]) for row in rows]
     except (TypeError, KeyError) as exc:
         raise CorruptRecordError(f"stored turn does not parse: {exc}") from exc
 

@@ -49,6 +49,9 @@ from ..models import (
 )
 
 _BATCH = 200
+# steps read beyond N by load_steps(newest=N), so that the turn boundary before the N-th
+# newest step is usually within what the first round trip brought back
+_NEWEST_SLACK = 16
 
 
 @contextmanager
@@ -226,6 +229,10 @@ class RedisStore:
                     conversation_id, tenant, lambda p: p.lrange(steps_key, after_seq, -1)
                 )
                 return keys.decode_steps(conversation_id, after_seq + 1, found[2])
+            if newest is not None and turn is None:
+                quick = self._newest_at_once(conversation_id, tenant, newest, after_seq)
+                if quick is not None:
+                    return quick
             start, stop = after_seq + 1, None
             if turn is not None:
                 found = self._scoped(
@@ -244,6 +251,29 @@ class RedisStore:
                 return []
             rows: Any = self._client.lrange(steps_key, start - 1, stop - 2)
         return keys.decode_steps(conversation_id, start, rows)
+
+    def _newest_at_once(
+        self, conversation_id: str, tenant: str, newest: int, after_seq: int
+    ) -> list[StoredStep] | None:
+        """``load_steps(newest=N)`` in one round trip: the turns tail and a steps tail long
+        enough for a suffix of plain turns, read in one MULTI. None when the suffix starts
+        before what was read (a long run of ``requires_action`` turns): then read again."""
+        _, turns_key, steps_key, _ = self._keys(conversation_id)
+        found = self._scoped(
+            conversation_id,
+            tenant,
+            lambda p: p.lrange(turns_key, -(newest + 2), -1),
+            lambda p: p.lrange(steps_key, -(newest + _NEWEST_SLACK), -1),
+        )
+        count, turn_count, spans, rows = found[0], found[1], keys.decode_spans(found[2]), found[3]
+        start = rules.newest_start(
+            spans, step_count=count, newest=newest, complete=len(spans) >= turn_count
+        )
+        first_read = count - len(rows) + 1
+        if start is None or start < first_read:
+            return None
+        start = max(start, after_seq + 1)
+        return keys.decode_steps(conversation_id, start, rows[start - first_read :])
 
     def _newest_start(self, conversation_id: str, tenant: str, newest: int) -> list[int]:
         """[first seq to load, step count] for ``newest``, reading only the turns tail."""
