@@ -305,6 +305,8 @@ def test_send_inputs_of_every_shape(store_url: tuple[str, str], emulator_server:
         conv = convos.create(tenant="props", mode="server")
         conv.send("I have 2 dogs in my house.")
 
+        used_keys: set[str] = set()
+
         @given(value=send_inputs, key=st.one_of(st.none(), ids))
         @example(value="\ud800 lone", key=None)
         @example(value="a\x00b", key=None)
@@ -325,8 +327,13 @@ def test_send_inputs_of_every_shape(store_url: tuple[str, str], emulator_server:
                 assert conv.refresh() == record and conv.history() == history
                 return
             assert is_plain_json(value)
-            if isinstance(value, str):
+            if turn.replayed:  # the key was used before: the stored turn, nothing sent
+                assert key in used_keys and len(emulator_server.requests) == sent
+                assert conv.refresh() == record
+            elif isinstance(value, str):
                 assert turn.input_steps[0]["content"] == [{"type": "text", "text": value}]
+            if key is not None:
+                used_keys.add(key)
             stored = store.load_steps(conv.id, tenant="props", turn=turn.seq)
             assert [s.payload for s in stored] == turn.input_steps + turn.steps
             assert conv.history()[: len(history)] == history
