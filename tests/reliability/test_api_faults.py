@@ -3,6 +3,7 @@ nothing, and the next send works."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -125,3 +126,32 @@ def test_unrecoverable_faults_commit_nothing_and_the_next_send_works(
         if mode == "server":
             assert turn.record.previous_interaction_id == before[4][0].interaction_id
         assert_healthy(conv, 2)
+
+
+def test_async_twin_commits_nothing_on_faults_and_recovers(
+    store_url: str, emulator: Emulator
+) -> None:
+    async def scenario() -> None:
+        async with (
+            cs.AsyncInteractionsClient(api_key=KEY, base_url=emulator.url, max_retries=1) as client,
+            cs.AsyncConversations(store_url, client) as convos,
+        ):
+            conv = await convos.create(tenant="faults", mode="server")
+            first = await conv.send("I have 2 dogs in my house.")
+            before = (await conv.refresh(), await conv.history(), await conv.turns())
+            emulator.reset()
+            emulator.cut_stream(3)
+            with pytest.raises(cs.StreamError):
+                async with conv.stream("cut") as events:
+                    async for _ in events:
+                        pass
+            emulator.fail(503, times=2, retry_after_ms=5)
+            with pytest.raises(cs.InternalServerError):
+                await conv.send("past the budget")
+            assert (await conv.refresh(), await conv.history(), await conv.turns()) == before
+            emulator.fail(429, times=1, retry_after=0.01)
+            turn = await conv.send("How many paws are in my house?")
+            assert turn.seq == 2
+            assert turn.record.previous_interaction_id == first.interaction_id
+
+    asyncio.run(scenario())
