@@ -368,3 +368,29 @@ def test_too_deep_values_are_refused_everywhere(
         assert len(emulator_server.requests) == sent
         assert convos.list(tenant="props").items  # nothing else was created
         assert_verifies(store, conv.record)
+
+
+def test_listing_with_any_tenant_user_or_cursor(
+    store_url: tuple[str, str], emulator_server: Emulator
+) -> None:
+    """Glob and SQL fragments in a listing's tenant, user or cursor never widen it."""
+    kind, url = store_url
+    with opened(url, emulator_server) as convos:
+        mine = convos.create(tenant="list-owner", user="u1")
+
+        @given(tenant=ids, user=st.one_of(st.none(), ids), cursor=st.one_of(st.none(), any_text))
+        @example(tenant="*", user=None, cursor=None)
+        @example(tenant="list-owner", user="*", cursor=None)
+        @example(tenant="list-%", user=None, cursor=None)
+        @example(tenant="list-owner", user=None, cursor="' OR 1=1 --")
+        def check(tenant: Any, user: Any, cursor: Any) -> None:
+            try:
+                page = convos.list(tenant=tenant, user=user, cursor=cursor)
+            except cs.ValidationError:
+                return
+            assert all(r.tenant == tenant for r in page.items)
+            assert all(user is None or r.user == user for r in page.items)
+            if tenant != "list-owner" or user not in (None, "u1"):
+                assert mine.id not in [r.id for r in page.items]
+
+        run_property(kind, check)
