@@ -300,11 +300,14 @@ def run_kills(store_url: str, emulator: Any, *, runs: int, seed: int, label: str
             proc = _processes().Process(target=_worker_kill, args=args)
             proc.start()
             deadline = time.monotonic() + 60
-            while not ack_path.read_bytes().startswith(b"READY"):
+            # kill after a random number of acknowledged turns (0-4), then a random moment
+            # into the next one(s): before, during or after its request or its append
+            wait_acks = rng.randrange(5)
+            while ack_path.read_bytes().count(b"\n") < 1 + wait_acks:
                 if not proc.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"kill worker did not start ({proc.exitcode})")
+                    raise RuntimeError(f"kill worker stopped early ({proc.exitcode})")
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.05))
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(timeout=60)
             if proc.exitcode != -signal.SIGKILL:
