@@ -84,9 +84,14 @@ def _past_retry_budget(conv: cs.Conversation, emulator: Emulator) -> None:
 
 
 def _read_timeout(conv: cs.Conversation, emulator: Emulator) -> None:
-    emulator.delay(1.0, times=1)
-    with pytest.raises(cs.APITimeoutError):
-        conv.send("too slow")
+    # a client of its own with a short read timeout: the other calls keep the default one
+    with (
+        cs.InteractionsClient(api_key=KEY, base_url=emulator.url, timeout=0.3) as impatient,
+        cs.Conversations(conv._owner.store, impatient) as convos,
+    ):
+        emulator.delay(1.0, times=1)
+        with pytest.raises(cs.APITimeoutError):
+            convos.get(conv.id, tenant=conv.tenant).send("too slow")
     # A create that may have reached the server is never sent twice.
     assert creates(emulator) == 1
 
@@ -115,7 +120,7 @@ def test_unrecoverable_faults_commit_nothing_and_the_next_send_works(
     inject: Callable[[cs.Conversation, Emulator], None],
     mode: str,
 ) -> None:
-    with conversation(store_url, emulator, mode=mode, timeout=0.5) as conv:
+    with conversation(store_url, emulator, mode=mode) as conv:
         before = state(conv)
         emulator.reset()
         inject(conv, emulator)
