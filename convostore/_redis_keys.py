@@ -138,14 +138,8 @@ def decode_spans(raw: Sequence[bytes]) -> list[TurnSpan]:
 
 
 def decode_steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list[StoredStep]:
-    # One json.loads over the joined elements is much faster than one call per step, as long
-    # as the text is ASCII: one emoji would make the whole decoded text 4 bytes per character
-    # (2.4x slower than decoding step by step).
-    joined = b"[" + b",".join(raw) + b"]"
-    if joined.isascii():
-        rows = loads(joined, "stored step")
-    else:
-        rows = [loads(item, "stored step") for item in raw]
+    # One json.loads over the joined elements is much faster than one call per step.
+    rows = loads(b"[" + b",".join(raw) + b"]", "stored step")
     try:
         return [
             stored_step(conversation_id, seq, turn_seq, payload)
