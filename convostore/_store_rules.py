@@ -140,12 +140,19 @@ def stored_step(conversation_id: str, seq: int, turn_seq: int, payload: Any) -> 
 # --------------------------------------------------------------------------- checks
 
 
+# Seqs, counts, versions and limits live in (or are compared with) 64-bit integer columns; a
+# larger Python int would reach the driver and fail there with an untranslated OverflowError.
+MAX_INT = 2**63 - 1
+
+
 def _check_int(value: object, what: str, *, minimum: int) -> int:
     # bool is an int subclass; True as a seq or limit is always a caller bug
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValidationError(f"{what} must be an integer, not {type(value).__name__}")
     if value < minimum:
         raise ValidationError(f"{what} must be >= {minimum}, not {value}")
+    if value > MAX_INT:
+        raise ValidationError(f"{what} must be < 2**63, not {value}")
     return value
 
 
