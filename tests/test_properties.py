@@ -394,3 +394,52 @@ def test_listing_with_any_tenant_user_or_cursor(
                 assert mine.id not in [r.id for r in page.items]
 
         run_property(kind, check)
+
+
+numbers = st.one_of(
+    st.integers(min_value=-5, max_value=5),
+    st.integers(),
+    st.booleans(),
+    st.floats(),
+    st.none(),
+    any_text,
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@pytest.mark.parametrize("store_url", ["memory", "sqlite", "redis"], indirect=True)
+def test_numeric_options_of_every_shape(
+    store_url: tuple[str, str], emulator_server: Emulator
+) -> None:
+    kind, url = store_url
+    with opened(url, emulator_server) as convos:
+        store = convos.store
+        conv = convos.create(tenant="numbers", mode="server")
+        conv.send("I have 2 dogs in my house.")
+        conv.send("How many paws are in my house?")
+        before = snapshot(store, conv.record)
+
+        @given(value=numbers)
+        @example(value=True)
+        @example(value=2.0)
+        @example(value=10**30)
+        def check(value: Any) -> None:
+            for operation in (
+                lambda: conv.fork(at_turn=value),
+                lambda: conv.history(newest=value),
+                lambda: store.load_steps(conv.id, tenant="numbers", newest=value),
+                lambda: store.load_turns(conv.id, tenant="numbers", limit=value),
+                lambda: convos.list(tenant="numbers", limit=value),
+            ):
+                try:
+                    result = operation()
+                except cs.ValidationError:
+                    continue
+                if isinstance(result, cs.Conversation):
+                    turns = 2 if value is None else value
+                    assert isinstance(turns, int) and not isinstance(turns, bool)
+                    assert 0 <= turns <= 2 and result.record.turn_count == turns
+                    assert_verifies(store, result.record)
+            assert snapshot(store, conv.record) == before
+
+        run_property(kind, check)
