@@ -388,9 +388,18 @@ def new_conversation_id() -> str:
     return uuid.uuid4().hex
 
 
+MAX_MODEL_LENGTH = 200
+
+
 def _check_model(model: object) -> str:
+    # the model is stored in a text column and sent in every body: no control characters or
+    # lone surrogates, which drivers and JSON encoders refuse only after the fact
     if not isinstance(model, str) or not model.strip():
         raise ValidationError("model must be a non-empty string")
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+        raise ValidationError(
+            f"model must be at most {MAX_MODEL_LENGTH} printable characters; got {model[:40]!r}"
+        )
     return model
 
 
