@@ -443,3 +443,35 @@ def test_numeric_options_of_every_shape(
             assert snapshot(store, conv.record) == before
 
         run_property(kind, check)
+
+
+def test_models_of_every_shape(store_url: tuple[str, str], emulator_server: Emulator) -> None:
+    kind, url = store_url
+    with opened(url, emulator_server) as convos:
+        store = convos.store
+        conv = convos.create(tenant="models", mode="server")
+        conv.send("I have 2 dogs in my house.")
+
+        @given(model=st.one_of(any_text, st.text(min_size=1, max_size=2000), st.integers()))
+        @example(model="\ud800")
+        @example(model="a\x00b")
+        @example(model="gemini'; DROP TABLE conversations; --")
+        def check(model: Any) -> None:
+            before = snapshot(store, conv.record)
+            try:
+                created = convos.create(tenant="models", model=model)
+            except cs.ValidationError:
+                pass
+            else:
+                got = store.get_conversation(created.id, tenant="models")
+                assert got.model == model
+            try:
+                conv.update(model=model)
+            except cs.ValidationError:
+                assert snapshot(store, conv.record) == before
+            else:
+                assert store.get_conversation(conv.id, tenant="models").model == model
+                conv.update(model="gemini-3-flash-preview")
+
+        run_property(kind, check)
+        assert_verifies(store, conv.record)
