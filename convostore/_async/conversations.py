@@ -72,14 +72,19 @@ class AsyncConversations:
         ``safety_settings``…); all settings are re-sent on every turn. ``ttl`` sets
         ``expires_at`` (a Redis store expires the keys; ``purge`` deletes it elsewhere).
         """
-        config = planner.check_config(
-            {
-                **(settings or {}),
-                "system_instruction": system_instruction,
-                "tools": tools,
-                "generation_config": generation_config,
-            }
-        )
+        named = {
+            "system_instruction": system_instruction,
+            "tools": tools,
+            "generation_config": generation_config,
+        }
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ValidationError(f"settings must be a mapping, not {type(settings).__name__}")
+        twice = sorted(k for k, v in named.items() if v is not None and k in (settings or {}))
+        if twice:
+            raise ValidationError(f"{twice} given both as an argument and in settings")
+        # a setting passed only in ``settings`` is kept, not overwritten by the argument's None
+        given = {k: v for k, v in named.items() if v is not None}
+        config = planner.check_config({**(settings or {}), **given})
         if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
             raise ValidationError("ttl must be a positive timedelta")
         now = utcnow()
