@@ -475,3 +475,16 @@ def test_models_of_every_shape(store_url: tuple[str, str], emulator_server: Emul
 
         run_property(kind, check)
         assert_verifies(store, conv.record)
+
+
+def test_settings_are_used_or_refused_never_dropped(emulator_server: Emulator) -> None:
+    with opened("memory://settings-props", emulator_server) as convos:
+        conv = convos.create(tenant="s", settings={"system_instruction": "You are a cat."})
+        conv.send("hi")
+        assert emulator_server.requests[-1].body["system_instruction"] == "You are a cat."
+        for bad in ({"system_instruction": 5}, [("tools", [])], {"store": False}):
+            with pytest.raises(cs.ValidationError):
+                convos.create(tenant="s", settings=bad)  # type: ignore[arg-type]
+        with pytest.raises(cs.ValidationError):
+            convos.create(tenant="s", system_instruction="a", settings={"system_instruction": "b"})
+        assert [r.id for r in convos.list(tenant="s").items] == [conv.id]
