@@ -482,9 +482,10 @@ def test_settings_are_used_or_refused_never_dropped(emulator_server: Emulator) -
         conv = convos.create(tenant="s", settings={"system_instruction": "You are a cat."})
         conv.send("hi")
         assert emulator_server.requests[-1].body["system_instruction"] == "You are a cat."
-        for bad in ({"system_instruction": 5}, [("tools", [])], {"store": False}):
+        bad_settings: list[Any] = [{"system_instruction": 5}, [("tools", [])], {"store": False}]
+        for bad in bad_settings:
             with pytest.raises(cs.ValidationError):
-                convos.create(tenant="s", settings=bad)  # type: ignore[arg-type]
+                convos.create(tenant="s", settings=bad)
         with pytest.raises(cs.ValidationError):
             convos.create(tenant="s", system_instruction="a", settings={"system_instruction": "b"})
         assert [r.id for r in convos.list(tenant="s").items] == [conv.id]
