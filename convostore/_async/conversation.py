@@ -370,9 +370,16 @@ class AsyncTurnStream:
             return await self._api.__anext__()
         except StopAsyncIteration:
             assert self._prepared is not None and self._decision is not None
-            self.turn = await self._conversation._commit(
-                self._prepared, self._decision, self._api.interaction, self._key
-            )
+            interaction = self._api.interaction
+            try:
+                self.turn = await self._conversation._commit(
+                    self._prepared, self._decision, interaction, self._key
+                )
+            except ConcurrentTurnError:
+                # as in send: the lost race's interaction must not stay on the server as a
+                # second chain
+                await self._conversation._discard(self._decision, interaction)
+                raise
             raise
 
     async def text_deltas(self) -> AsyncIterator[str]:

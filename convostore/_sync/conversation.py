@@ -372,9 +372,16 @@ class TurnStream:
             return self._api.__next__()
         except StopIteration:
             assert self._prepared is not None and self._decision is not None
-            self.turn = self._conversation._commit(
-                self._prepared, self._decision, self._api.interaction, self._key
-            )
+            interaction = self._api.interaction
+            try:
+                self.turn = self._conversation._commit(
+                    self._prepared, self._decision, interaction, self._key
+                )
+            except ConcurrentTurnError:
+                # as in send: the lost race's interaction must not stay on the server as a
+                # second chain
+                self._conversation._discard(self._decision, interaction)
+                raise
             raise
 
     def text_deltas(self) -> Iterator[str]:
