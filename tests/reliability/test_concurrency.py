@@ -7,11 +7,13 @@ CI size: 4 processes x 8 turns per store. Full size (8 x 50):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 
+import convostore as cs
 from convostore.emulator import Emulator
 
 pytestmark = pytest.mark.reliability
@@ -35,3 +37,29 @@ def test_processes_racing_on_one_conversation(
     # every lost race left one interaction on the server, deleted again by the loser
     deletes = sum(1 for r in emulator.requests if r.method == "DELETE")
     assert deletes == figures.retries
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_stream_that_loses_the_race_leaves_nothing_behind(
+    kind: str, make_store_url: Callable[[str], str], emulator: Emulator
+) -> None:
+    """A streamed turn whose conversation moved on meanwhile raises ConcurrentTurnError,
+    commits nothing, and deletes its interaction: the server keeps one chain."""
+    with (
+        cs.InteractionsClient(api_key="race-key-0123456789", base_url=emulator.url) as client,
+        cs.Conversations(make_store_url(kind), client) as convos,
+    ):
+        slow = convos.create(tenant="race", mode="server")
+        slow.send("I have 2 dogs in my house.")
+        fast = convos.get(slow.id, tenant="race")
+        server_before = set(emulator.interactions)
+        with pytest.raises(cs.ConcurrentTurnError), slow.stream("streamed loser") as events:
+            iterator = iter(events)
+            next(iterator)  # the request is made; the answer is streaming
+            winner = fast.send("the winner")
+            for _ in iterator:
+                pass
+        assert set(emulator.interactions) - server_before == {winner.interaction_id}
+        turns = fast.turns()
+        assert [t.seq for t in turns] == [1, 2] and turns[1].interaction_id == winner.interaction_id
+        assert "streamed loser" not in json.dumps(fast.history())
