@@ -19,6 +19,7 @@ from .._exceptions import (
     APIError,
     BadRequestError,
     ConcurrentTurnError,
+    ConversationNotFound,
     NotFoundError,
     ValidationError,
 )
@@ -131,7 +132,6 @@ class AsyncConversation:
             try:
                 return await self._commit(prepared, decision, interaction, idempotency_key)
             except ConcurrentTurnError:
-                await self._discard(decision, interaction)
                 attempt += 1
                 if on_conflict != "retry" or attempt > max_conflict_retries:
                     raise
@@ -213,7 +213,13 @@ class AsyncConversation:
             now=utcnow(),
             idempotency_key=idempotency_key,
         )
-        result = await self._store.append_turn(commit)
+        try:
+            result = await self._store.append_turn(commit)
+        except (ConcurrentTurnError, ConversationNotFound):
+            # certainly not stored: a lost race, or the conversation was deleted (erased)
+            # while the request was in flight. Its interaction must not stay on the server.
+            await self._discard(decision, interaction)
+            raise
         if not result.created:
             await self._discard(decision, interaction)
             return await self._stored_turn(result.turn, replayed=True)
@@ -370,16 +376,9 @@ class AsyncTurnStream:
             return await self._api.__anext__()
         except StopAsyncIteration:
             assert self._prepared is not None and self._decision is not None
-            interaction = self._api.interaction
-            try:
-                self.turn = await self._conversation._commit(
-                    self._prepared, self._decision, interaction, self._key
-                )
-            except ConcurrentTurnError:
-                # as in send: the lost race's interaction must not stay on the server as a
-                # second chain
-                await self._conversation._discard(self._decision, interaction)
-                raise
+            self.turn = await self._conversation._commit(
+                self._prepared, self._decision, self._api.interaction, self._key
+            )
             raise
 
     async def text_deltas(self) -> AsyncIterator[str]:

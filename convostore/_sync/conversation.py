@@ -21,6 +21,7 @@ from .._exceptions import (
     APIError,
     BadRequestError,
     ConcurrentTurnError,
+    ConversationNotFound,
     NotFoundError,
     ValidationError,
 )
@@ -133,7 +134,6 @@ class Conversation:
             try:
                 return self._commit(prepared, decision, interaction, idempotency_key)
             except ConcurrentTurnError:
-                self._discard(decision, interaction)
                 attempt += 1
                 if on_conflict != "retry" or attempt > max_conflict_retries:
                     raise
@@ -215,7 +215,13 @@ class Conversation:
             now=utcnow(),
             idempotency_key=idempotency_key,
         )
-        result = self._store.append_turn(commit)
+        try:
+            result = self._store.append_turn(commit)
+        except (ConcurrentTurnError, ConversationNotFound):
+            # certainly not stored: a lost race, or the conversation was deleted (erased)
+            # while the request was in flight. Its interaction must not stay on the server.
+            self._discard(decision, interaction)
+            raise
         if not result.created:
             self._discard(decision, interaction)
             return self._stored_turn(result.turn, replayed=True)
@@ -372,16 +378,9 @@ class TurnStream:
             return self._api.__next__()
         except StopIteration:
             assert self._prepared is not None and self._decision is not None
-            interaction = self._api.interaction
-            try:
-                self.turn = self._conversation._commit(
-                    self._prepared, self._decision, interaction, self._key
-                )
-            except ConcurrentTurnError:
-                # as in send: the lost race's interaction must not stay on the server as a
-                # second chain
-                self._conversation._discard(self._decision, interaction)
-                raise
+            self.turn = self._conversation._commit(
+                self._prepared, self._decision, self._api.interaction, self._key
+            )
             raise
 
     def text_deltas(self) -> Iterator[str]:
