@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -433,3 +434,36 @@ def test_cli_delete_and_purge_remote(store_url: str, emulator: Emulator) -> None
     assert kept_id in emulator.interactions  # the live conversation is untouched
     with opened(store_url, emulator) as convos:
         assert [r.id for r in convos.list(tenant=tenant).items] == [kept.id]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "redis"], indirect=True)
+def test_erasing_during_an_inflight_send_leaves_nothing_on_the_server(
+    store_url: str, emulator: Emulator
+) -> None:
+    """delete(remote=True) while another worker's turn is in flight: that turn's interaction,
+    created after the erasure read the turns, is deleted by the sender when its commit finds
+    the conversation gone."""
+    with opened(store_url, emulator) as convos, opened(store_url, emulator) as other:
+        conv = convos.create(tenant="erase", mode="server")
+        first = conv.send("I have 2 dogs in my house.")
+        server_before = set(emulator.interactions)
+        in_flight = other.get(conv.id, tenant="erase")
+        outcome: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                in_flight.send("sent while being erased")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        posts = sum(1 for r in emulator.requests if r.method == "POST")
+        emulator.delay(0.5, times=1)
+        thread = threading.Thread(target=send)
+        thread.start()
+        while sum(1 for r in emulator.requests if r.method == "POST") == posts:
+            time.sleep(0.005)  # the create has reached the server and waits there
+        report = convos.delete(conv.id, tenant="erase", remote=True)
+        thread.join(timeout=30)
+        assert report.deleted and report.remote_deleted == [first.interaction_id]
+        assert len(outcome) == 1 and isinstance(outcome[0], cs.ConversationNotFound)
+        assert set(emulator.interactions) == server_before - {first.interaction_id}
