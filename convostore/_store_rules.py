@@ -170,8 +170,12 @@ def check_scope(conversation_id: object, tenant: object) -> None:
     check_id(tenant, "tenant")
 
 
-def check_record(record: object) -> ConversationRecord:
-    """Check a conversation record, including what ``model_construct`` could have skipped."""
+def check_record(record: object, *, settings: bool = True) -> ConversationRecord:
+    """Check a conversation record, including what ``model_construct`` could have skipped.
+
+    ``settings=False`` skips the JSON walk of ``config`` and ``metadata``, for writes that
+    store neither (an append writes only ``APPEND_FIELDS``).
+    """
     if not isinstance(record, ConversationRecord):
         raise ValidationError(f"expected a ConversationRecord, not {type(record).__name__}")
     check_scope(record.id, record.tenant)
@@ -179,8 +183,9 @@ def check_record(record: object) -> ConversationRecord:
         check_id(record.user, "user")
     if not isinstance(record.model, str):
         raise ValidationError("model must be a string")
-    check_json(record.config, "config")
-    check_json(record.metadata, "metadata")
+    if settings:
+        check_json(record.config, "config")
+        check_json(record.metadata, "metadata")
     for name in ("version", "turn_count", "step_count"):
         _check_int(getattr(record, name), name, minimum=0)
     for name in ("created_at", "updated_at"):
@@ -282,7 +287,7 @@ def check_commit(commit: object) -> TurnCommit:
     conversation's step sequence and belong to the turn, the version advanced."""
     if not isinstance(commit, TurnCommit):
         raise ValidationError(f"expected a TurnCommit, not {type(commit).__name__}")
-    rec = check_record(commit.record)
+    rec = check_record(commit.record, settings=False)
     _check_int(rec.version, "version", minimum=1)
     _check_int(rec.turn_count, "turn_count", minimum=1)
     _check_turn(commit.turn, rec.id, rec.turn_count)
