@@ -12,7 +12,7 @@ Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
 
 Usage::
 
-    python scripts/soak.py                 # the test suite's size: 4 x 8 turns, 3 kills per store
+    python scripts/soak.py                 # the test suite's size: 4 x 15 turns, 3 kills per store
     python scripts/soak.py --full          # 8 processes x 50 turns, 50 kills per store
     python scripts/soak.py --full --stores sqlite,redis --seed 7
 
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=None)
     args = parser.parse_args(argv)
     processes = args.processes or (8 if args.full else 4)
-    turns = args.turns or (50 if args.full else 8)
+    turns = args.turns or (50 if args.full else 15)
     kills = args.kills or (50 if args.full else 3)
     from convostore.emulator import Emulator
 

@@ -1,7 +1,7 @@
 """Several processes send to ONE server-mode conversation with ``on_conflict="retry"``:
 every turn is stored exactly once and the chain is linear, in the store and on the emulator.
 
-CI size: 4 processes x 8 turns per store. Full size (8 x 50):
+CI size: 4 processes x 15 turns per store. Full size (8 x 50):
 ``python scripts/soak.py --full``.
 """
 
@@ -18,7 +18,7 @@ from convostore.emulator import Emulator
 
 pytestmark = pytest.mark.reliability
 
-PROCESSES, TURNS = 4, 8
+PROCESSES, TURNS = 4, 15
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql", "redis"])
