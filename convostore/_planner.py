@@ -7,6 +7,8 @@ order: :func:`normalize_input` -> :func:`decide` -> :func:`plan_request` -> (HTT
 
 from __future__ import annotations
 
+import random
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,8 +25,10 @@ from .models import (
     ModeUsed,
     Reason,
     StoredStep,
+    Turn,
     TurnCommit,
     TurnRecord,
+    check_id,
     check_json,
     parse_step,
 )
@@ -49,6 +53,10 @@ CONFIG_KEYS = frozenset(
 )
 """Interaction-scoped settings: stored on the conversation and re-sent on every turn, because
 ``previous_interaction_id`` carries only the history (interactions-api.md §10.2)."""
+
+MAX_MODEL_LENGTH = 200
+CONFLICT_DELAY = 0.05
+MAX_CONFLICT_DELAY = 1.0
 
 _CONTENT_TYPES = frozenset({"text", "image", "audio", "video", "document"})
 _INPUT_STEP_TYPES = frozenset({"user_input", "function_result"})
@@ -90,6 +98,22 @@ class Decision:
     @property
     def needs_history(self) -> bool:
         return self.mode_used == "stateless"
+
+
+def check_model(model: object) -> str:
+    # the model is stored in a text column and sent in every body: no control characters or
+    # lone surrogates, which drivers and JSON encoders refuse only after the fact
+    if not isinstance(model, str) or not model.strip():
+        raise ValidationError("model must be a non-empty string")
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+        raise ValidationError(
+            f"model must be at most {MAX_MODEL_LENGTH} printable characters; got {model[:40]!r}"
+        )
+    return model
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
 
 
 def check_mode(mode: object) -> Mode:
@@ -179,6 +203,22 @@ def normalize_input(value: Any) -> list[JSONObject]:
         if step["type"] == "user_input" and not step.get("content"):
             raise ValidationError("a user_input step needs content")
     return steps
+
+
+def check_send_args(input: Any, key: str | None, on_conflict: str) -> list[JSONObject]:
+    """Validate ``send``'s arguments; the input's wire steps."""
+    if key is not None:
+        check_id(key, "idempotency_key")
+    if on_conflict not in ("raise", "retry"):
+        raise ValidationError(f"on_conflict must be 'raise' or 'retry'; got {on_conflict!r}")
+    return normalize_input(input)
+
+
+def conflict_delay(attempt: int) -> float:
+    """Seconds to wait before re-planning after the ``attempt``-th conflict: exponential with
+    full jitter, so writers racing on one conversation spread out instead of colliding again
+    (every lost race costs a billed request)."""
+    return random.uniform(0.0, min(MAX_CONFLICT_DELAY, CONFLICT_DELAY * 2 ** (attempt - 1)))
 
 
 def answered_call_ids(steps: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -320,6 +360,16 @@ def commit_turn(
         }
     )
     return TurnCommit.model_construct(record=new_record, turn=turn, steps=steps)
+
+
+def turn_result(turn: TurnRecord, payloads: Sequence[JSONObject], *, replayed: bool) -> Turn:
+    """The caller's view of a stored turn: its leading input steps, then the model's."""
+    n = 0
+    while n < len(payloads) and payloads[n].get("type") in _INPUT_STEP_TYPES:
+        n += 1
+    return Turn(
+        record=turn, input_steps=list(payloads[:n]), steps=list(payloads[n:]), replayed=replayed
+    )
 
 
 def stored_on_server(turn: TurnRecord) -> bool:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,7 +30,6 @@ from ..models import (
     TextDelta,
     Turn,
     TurnRecord,
-    check_id,
     to_wire,
     utcnow,
 )
@@ -43,16 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("convostore.conversation")
 
 OnConflict = Literal["raise", "retry"]
-CONFLICT_DELAY = 0.05
-MAX_CONFLICT_DELAY = 1.0
-_INPUT_TYPES = frozenset({"user_input", "function_result"})
-
-
-def conflict_delay(attempt: int) -> float:
-    """Seconds to wait before re-planning after the ``attempt``-th conflict: exponential with
-    full jitter, so writers racing on one conversation spread out instead of colliding again
-    (every lost race costs a billed request)."""
-    return random.uniform(0.0, min(MAX_CONFLICT_DELAY, CONFLICT_DELAY * 2 ** (attempt - 1)))
 
 
 class _Prepared:
@@ -122,7 +109,7 @@ class AsyncConversation:
             ConcurrentTurnError: another writer won and ``on_conflict="raise"``.
             APIError: the API failed; nothing was committed.
         """
-        new_steps = _check_send_args(input, idempotency_key, on_conflict)
+        new_steps = planner.check_send_args(input, idempotency_key, on_conflict)
         attempt = 0
         while True:
             prepared = await self._prepare(new_steps, idempotency_key)
@@ -136,7 +123,7 @@ class AsyncConversation:
                 if on_conflict != "retry" or attempt > max_conflict_retries:
                     raise
                 logger.info("conversation %s: conflict, re-planning (%d)", self.id, attempt)
-                await asyncio.sleep(conflict_delay(attempt))
+                await asyncio.sleep(planner.conflict_delay(attempt))
 
     def stream(self, input: Any, *, idempotency_key: str | None = None) -> AsyncTurnStream:
         """Send one user turn and stream the answer as it arrives.
@@ -145,7 +132,7 @@ class AsyncConversation:
         The turn is committed when the stream completes (then ``events.turn`` is set). A stream
         that is cut, ends in an error event, or is left early commits nothing.
         """
-        new_steps = _check_send_args(input, idempotency_key, "raise")
+        new_steps = planner.check_send_args(input, idempotency_key, "raise")
         return AsyncTurnStream(self, new_steps, idempotency_key)
 
     async def _prepare(
@@ -224,7 +211,7 @@ class AsyncConversation:
             await self._discard(decision, interaction)
             return await self._stored_turn(result.turn, replayed=True)
         self._record = commit.record
-        return _split_turn(commit.turn, [s.payload for s in commit.steps], replayed=False)
+        return planner.turn_result(commit.turn, [s.payload for s in commit.steps], replayed=False)
 
     async def _discard(self, decision: planner.Decision, interaction: Interaction) -> None:
         """Best effort: delete an interaction the server stored for a turn that lost a race,
@@ -237,7 +224,7 @@ class AsyncConversation:
 
     async def _stored_turn(self, turn: TurnRecord, *, replayed: bool) -> Turn:
         steps = await self._store.load_steps(self.id, tenant=self.tenant, turn=turn.seq)
-        return _split_turn(turn, [s.payload for s in steps], replayed=replayed)
+        return planner.turn_result(turn, [s.payload for s in steps], replayed=replayed)
 
     # ------------------------------------------------------------------ reading
 
@@ -276,7 +263,7 @@ class AsyncConversation:
         if mode is not None:
             changes["mode"] = planner.check_mode(mode)
         if model is not None:
-            changes["model"] = _check_model(model)
+            changes["model"] = planner.check_model(model)
         if metadata is not None:
             changes["metadata"] = metadata
         if settings:
@@ -304,7 +291,7 @@ class AsyncConversation:
         steps = await self._store.load_steps(self.id, tenant=self.tenant) if k else []
         steps = [s for s in steps if s.turn_seq <= k]
         fork = planner.fork_record(
-            record, turns, len(steps), new_id=new_conversation_id(), now=utcnow()
+            record, turns, len(steps), new_id=planner.new_conversation_id(), now=utcnow()
         )
         await self._store.create_conversation(
             fork,
@@ -386,39 +373,3 @@ class AsyncTurnStream:
         async for event in self:
             if isinstance(event, StepDeltaEvent) and isinstance(event.delta, TextDelta):
                 yield event.delta.text
-
-
-def new_conversation_id() -> str:
-    return uuid.uuid4().hex
-
-
-MAX_MODEL_LENGTH = 200
-
-
-def _check_model(model: object) -> str:
-    # the model is stored in a text column and sent in every body: no control characters or
-    # lone surrogates, which drivers and JSON encoders refuse only after the fact
-    if not isinstance(model, str) or not model.strip():
-        raise ValidationError("model must be a non-empty string")
-    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
-        raise ValidationError(
-            f"model must be at most {MAX_MODEL_LENGTH} printable characters; got {model[:40]!r}"
-        )
-    return model
-
-
-def _check_send_args(input: Any, key: str | None, on_conflict: str) -> list[JSONObject]:
-    if key is not None:
-        check_id(key, "idempotency_key")
-    if on_conflict not in ("raise", "retry"):
-        raise ValidationError(f"on_conflict must be 'raise' or 'retry'; got {on_conflict!r}")
-    return planner.normalize_input(input)
-
-
-def _split_turn(turn: TurnRecord, payloads: Sequence[JSONObject], *, replayed: bool) -> Turn:
-    n = 0
-    while n < len(payloads) and payloads[n].get("type") in _INPUT_TYPES:
-        n += 1
-    return Turn(
-        record=turn, input_steps=list(payloads[:n]), steps=list(payloads[n:]), replayed=replayed
-    )

@@ -12,7 +12,7 @@ from .._exceptions import APIError, ConversationNotFound, NotFoundError, Validat
 from .._registry import open_async_store
 from ..models import ConversationRecord, DeleteReport, JSONObject, Mode, Page, check_id, utcnow
 from .client import AsyncInteractionsClient
-from .conversation import AsyncConversation, _check_model, new_conversation_id
+from .conversation import AsyncConversation
 from .store import AsyncStore
 
 DEFAULT_MODEL = "gemini-3-flash-preview"
@@ -43,7 +43,7 @@ class AsyncConversations:
         self.store: AsyncStore = open_async_store(store) if isinstance(store, str) else store
         self._owns_client = client is None
         self.client = client if client is not None else AsyncInteractionsClient()
-        self.model = _check_model(model)
+        self.model = planner.check_model(model)
         if policy is None:
             policy = planner.Policy() if retention is None else planner.Policy(retention=retention)
         self.policy = policy
@@ -90,11 +90,11 @@ class AsyncConversations:
         now = utcnow()
         try:
             record = ConversationRecord(
-                id=conversation_id or new_conversation_id(),
+                id=conversation_id or planner.new_conversation_id(),
                 tenant=tenant,
                 user=user,
                 mode=planner.check_mode(mode),
-                model=_check_model(model if model is not None else self.model),
+                model=planner.check_model(model if model is not None else self.model),
                 config=config,
                 metadata=metadata if metadata is not None else {},
                 created_at=now,

@@ -13,7 +13,7 @@ from .._exceptions import APIError, ConversationNotFound, NotFoundError, Validat
 from .._registry import open_store
 from ..models import ConversationRecord, DeleteReport, JSONObject, Mode, Page, check_id, utcnow
 from .client import InteractionsClient
-from .conversation import Conversation, _check_model, new_conversation_id
+from .conversation import Conversation
 from .store import Store
 
 DEFAULT_MODEL = "gemini-3-flash-preview"
@@ -44,7 +44,7 @@ class Conversations:
         self.store: Store = open_store(store) if isinstance(store, str) else store
         self._owns_client = client is None
         self.client = client if client is not None else InteractionsClient()
-        self.model = _check_model(model)
+        self.model = planner.check_model(model)
         if policy is None:
             policy = planner.Policy() if retention is None else planner.Policy(retention=retention)
         self.policy = policy
@@ -91,11 +91,11 @@ class Conversations:
         now = utcnow()
         try:
             record = ConversationRecord(
-                id=conversation_id or new_conversation_id(),
+                id=conversation_id or planner.new_conversation_id(),
                 tenant=tenant,
                 user=user,
                 mode=planner.check_mode(mode),
-                model=_check_model(model if model is not None else self.model),
+                model=planner.check_model(model if model is not None else self.model),
                 config=config,
                 metadata=metadata if metadata is not None else {},
                 created_at=now,
