@@ -91,6 +91,7 @@ class AsyncSQLStore:
         self._options.update(engine_options or {})
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
+        self._reader: AsyncEngine | None = None
         self._ready = False
         self._closed = False
         self._lock = asyncio.Lock()
@@ -122,8 +123,9 @@ class AsyncSQLStore:
     # ------------------------------------------------------------------ connections
 
     async def _engines(self) -> tuple[AsyncEngine, AsyncEngine]:
-        """The engine for reads and its twin whose transactions write (BEGIN IMMEDIATE on
-        SQLite); created, and the schema checked or migrated, on first use."""
+        """The engine (its events reach both twins) and its twin whose transactions write
+        (BEGIN IMMEDIATE on SQLite); created, and the schema checked or migrated, on first
+        use. Reads go through ``_reads``."""
         if self._closed:
             raise StoreError(f"{self.url}: the store is closed")
         if not self._ready:
@@ -134,12 +136,26 @@ class AsyncSQLStore:
                         if self._dialect == "sqlite":
                             install_sqlite_hooks(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
+                        self._reader = self._engine
+                        if self._dialect == "postgresql" and "isolation_level" not in self._options:
+                            # At READ COMMITTED every statement takes its own snapshot even
+                            # inside a transaction, so one around a read buys nothing and
+                            # costs a BEGIN and a ROLLBACK round trip (psycopg's autocommit
+                            # switch is client-side, so it costs none)
+                            self._reader = self._engine.execution_options(
+                                isolation_level="AUTOCOMMIT"
+                            )
                     assert self._writer is not None
                     await self._prepare_schema(self._writer)
                     self._ready = True
         if self._engine is None or self._writer is None:  # closed by another task meanwhile
             raise StoreError(f"{self.url}: the store is closed")
         return self._engine, self._writer
+
+    async def _reads(self) -> AsyncEngine:
+        """The engine read-only operations use (see ``_engines``)."""
+        engine, _ = await self._engines()
+        return self._reader or engine
 
     async def _prepare_schema(self, writer: AsyncEngine) -> None:
         with translate_errors(self.url):
@@ -160,7 +176,7 @@ class AsyncSQLStore:
     async def aclose(self) -> None:
         self._closed = True
         self._ready = False
-        engine, self._engine, self._writer = self._engine, None, None
+        engine, self._engine, self._writer, self._reader = self._engine, None, None, None
         if engine is not None:
             await engine.dispose()
 
@@ -325,7 +341,7 @@ class AsyncSQLStore:
 
     async def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
         check_scope(conversation_id, tenant)
-        engine, _ = await self._engines()
+        engine = await self._reads()
         with translate_errors(self.url):
             async with engine.connect() as conn:
                 return await self._record(conn, conversation_id, tenant)
@@ -335,7 +351,7 @@ class AsyncSQLStore:
     ) -> TurnRecord | None:
         check_scope(conversation_id, tenant)
         check_idempotency_key(idempotency_key)
-        engine, _ = await self._engines()
+        engine = await self._reads()
         with translate_errors(self.url):
             async with engine.connect() as conn:
                 await self._record(conn, conversation_id, tenant)
@@ -351,7 +367,7 @@ class AsyncSQLStore:
         turn: int | None = None,
     ) -> list[StoredStep]:
         check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
-        engine, _ = await self._engines()
+        engine = await self._reads()
         if newest == 0:
             await self.get_conversation(conversation_id, tenant=tenant)  # the tenant check
             return []
@@ -376,7 +392,7 @@ class AsyncSQLStore:
         self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
     ) -> list[TurnRecord]:
         check_load(conversation_id, tenant, after_seq=after_seq, limit=limit)
-        engine, _ = await self._engines()
+        engine = await self._reads()
         query = (
             sa.select(turns_table)
             .where(turns_table.c.conversation_id == conversation_id, turns_table.c.seq > after_seq)
@@ -410,7 +426,7 @@ class AsyncSQLStore:
             query = query.where(
                 sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < last_id))
             )
-        engine, _ = await self._engines()
+        engine = await self._reads()
         with translate_errors(self.url):
             async with engine.connect() as conn:
                 rows = (await conn.execute(query.limit(limit + 1))).all()

@@ -93,6 +93,7 @@ class SQLStore:
         self._options.update(engine_options or {})
         self._engine: Engine | None = None
         self._writer: Engine | None = None
+        self._reader: Engine | None = None
         self._ready = False
         self._closed = False
         self._lock = threading.Lock()
@@ -124,8 +125,9 @@ class SQLStore:
     # ------------------------------------------------------------------ connections
 
     def _engines(self) -> tuple[Engine, Engine]:
-        """The engine for reads and its twin whose transactions write (BEGIN IMMEDIATE on
-        SQLite); created, and the schema checked or migrated, on first use."""
+        """The engine (its events reach both twins) and its twin whose transactions write
+        (BEGIN IMMEDIATE on SQLite); created, and the schema checked or migrated, on first
+        use. Reads go through ``_reads``."""
         if self._closed:
             raise StoreError(f"{self.url}: the store is closed")
         if not self._ready:
@@ -136,12 +138,26 @@ class SQLStore:
                         if self._dialect == "sqlite":
                             install_sqlite_hooks(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
+                        self._reader = self._engine
+                        if self._dialect == "postgresql" and "isolation_level" not in self._options:
+                            # At READ COMMITTED every statement takes its own snapshot even
+                            # inside a transaction, so one around a read buys nothing and
+                            # costs a BEGIN and a ROLLBACK round trip (psycopg's autocommit
+                            # switch is client-side, so it costs none)
+                            self._reader = self._engine.execution_options(
+                                isolation_level="AUTOCOMMIT"
+                            )
                     assert self._writer is not None
                     self._prepare_schema(self._writer)
                     self._ready = True
         if self._engine is None or self._writer is None:  # closed by another task meanwhile
             raise StoreError(f"{self.url}: the store is closed")
         return self._engine, self._writer
+
+    def _reads(self) -> Engine:
+        """The engine read-only operations use (see ``_engines``)."""
+        engine, _ = self._engines()
+        return self._reader or engine
 
     def _prepare_schema(self, writer: Engine) -> None:
         with translate_errors(self.url):
@@ -162,7 +178,7 @@ class SQLStore:
     def close(self) -> None:
         self._closed = True
         self._ready = False
-        engine, self._engine, self._writer = self._engine, None, None
+        engine, self._engine, self._writer, self._reader = self._engine, None, None, None
         if engine is not None:
             engine.dispose()
 
@@ -327,7 +343,7 @@ class SQLStore:
 
     def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
         check_scope(conversation_id, tenant)
-        engine, _ = self._engines()
+        engine = self._reads()
         with translate_errors(self.url):
             with engine.connect() as conn:
                 return self._record(conn, conversation_id, tenant)
@@ -337,7 +353,7 @@ class SQLStore:
     ) -> TurnRecord | None:
         check_scope(conversation_id, tenant)
         check_idempotency_key(idempotency_key)
-        engine, _ = self._engines()
+        engine = self._reads()
         with translate_errors(self.url):
             with engine.connect() as conn:
                 self._record(conn, conversation_id, tenant)
@@ -353,7 +369,7 @@ class SQLStore:
         turn: int | None = None,
     ) -> list[StoredStep]:
         check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
-        engine, _ = self._engines()
+        engine = self._reads()
         if newest == 0:
             self.get_conversation(conversation_id, tenant=tenant)  # the tenant check
             return []
@@ -378,7 +394,7 @@ class SQLStore:
         self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
     ) -> list[TurnRecord]:
         check_load(conversation_id, tenant, after_seq=after_seq, limit=limit)
-        engine, _ = self._engines()
+        engine = self._reads()
         query = (
             sa.select(turns_table)
             .where(turns_table.c.conversation_id == conversation_id, turns_table.c.seq > after_seq)
@@ -412,7 +428,7 @@ class SQLStore:
             query = query.where(
                 sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < last_id))
             )
-        engine, _ = self._engines()
+        engine = self._reads()
         with translate_errors(self.url):
             with engine.connect() as conn:
                 rows = (conn.execute(query.limit(limit + 1))).all()
