@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from pydantic import ValidationError as PydanticValidationError
@@ -36,6 +36,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from ._exceptions import (
     ConfigurationError,
@@ -325,7 +326,17 @@ def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
         write = conn.get_execution_options().get("convostore_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        sql = "BEGIN IMMEDIATE" if write else "BEGIN"
+        # on the driver's cursor: a statement through the Connection costs more than the
+        # BEGIN itself. Its errors are wrapped as Connection.execute would wrap them.
+        error = conn.dialect.loaded_dbapi.Error
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        except error as exc:
+            raise DBAPIError.instance(sql, None, exc, error) from exc
+        finally:
+            cursor.close()
 
 
 # --------------------------------------------------------------------------- errors
@@ -631,3 +642,45 @@ def newest_turn(conversation_id: Any, anchor_seq: Any) -> sa.Select[Any]:
         .scalar_subquery()
     )
     return sa.select(sa.func.coalesce(clean_before, 0) + 1)
+
+
+# --------------------------------------------------------------------------- driver-level SQL
+
+
+class DriverStatement:
+    """A Core statement rendered once for one dialect, run with ``exec_driver_sql``.
+
+    An append is a handful of tiny statements; SQLAlchemy's per-execution work (parameter
+    construction from the compiled form, bind processing, result setup) cost more than the
+    statements themselves on SQLite. The bind processors of the statement's own types are
+    applied here, so the values stored are exactly what ``Connection.execute`` would store.
+    """
+
+    def __init__(self, statement: sa.ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        self.names = tuple(compiled.positiontup or ()) if self.positional else tuple(compiled.binds)
+        processors = {}
+        for name in self.names:
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        self._processors = processors
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        """``values`` (by bind name) in the driver's form, bind-processed."""
+        for name, process in self._processors.items():
+            values[name] = process(values[name])
+        if self.positional:
+            return tuple([values[name] for name in self.names])
+        return values
+
+
+class AppendStatements:
+    """The append's version-checked update and its two inserts, as driver SQL."""
+
+    def __init__(self, dialect: Dialect, step_insert: sa.Insert) -> None:
+        self.update = DriverStatement(APPEND_UPDATE, dialect)
+        self.turn = DriverStatement(turns.insert(), dialect)
+        self.steps = DriverStatement(step_insert, dialect)

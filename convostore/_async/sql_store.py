@@ -25,11 +25,11 @@ from .._exceptions import (
     StoreError,
 )
 from .._sql import (
-    APPEND_UPDATE,
     SELECT_CONVERSATION,
     SELECT_TURN_BY_KEY,
     SELECT_VERSION,
     SETTINGS_UPDATE,
+    AppendStatements,
     conversation_row,
     conversations,
     decode_conversation,
@@ -98,6 +98,7 @@ class AsyncSQLStore:
         self._step_insert = step_insert(self._dialect)
         self._step_select = step_select(self._dialect)
         self._step_reads: dict[tuple[bool, bool, bool], sa.Select[Any]] = {}
+        self._append_sql: AppendStatements | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncSQLStore:
@@ -254,8 +255,11 @@ class AsyncSQLStore:
                         stored = await self._turn_by_key(conn, record.id, record.tenant, key)
                         if stored is not None:
                             return AppendResult(turn=stored, created=False)
-                    params = versioned_params(record, APPEND_FIELDS)
-                    updated = await conn.execute(APPEND_UPDATE, params)
+                    sql = self._append_sql
+                    if sql is None:
+                        sql = self._append_sql = AppendStatements(conn.dialect, self._step_insert)
+                    params = sql.update.params(versioned_params(record, APPEND_FIELDS))
+                    updated = await conn.exec_driver_sql(sql.update.sql, params)
                     if updated.rowcount != 1:
                         # a writer with the same key may have won the race we just lost
                         if key is not None:
@@ -263,11 +267,11 @@ class AsyncSQLStore:
                             if stored is not None:
                                 return AppendResult(turn=stored, created=False)
                         raise await self._stale(conn, record)
-                    await conn.execute(turns_table.insert(), turn_row(turn))
+                    await conn.exec_driver_sql(sql.turn.sql, sql.turn.params(turn_row(turn)))
                     if commit.steps:
-                        await conn.execute(
-                            self._step_insert,
-                            step_rows(commit.steps, dialect_name=self._dialect),
+                        rows = step_rows(commit.steps, dialect_name=self._dialect)
+                        await conn.exec_driver_sql(
+                            sql.steps.sql, [sql.steps.params(row) for row in rows]
                         )
             except IntegrityError as exc:
                 async with writer.begin() as conn:
