@@ -22,7 +22,7 @@ braces (``models.check_id``), so neither keys nor members can collide.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -104,7 +104,7 @@ def record_fields(
         flat += [name, dumps(value)]
     if expiry:
         flat += ["_exp", expire_ms(record)]
-    return [*flat, "_w", uuid.uuid4().hex]
+    return [*flat, "_w", os.urandom(16).hex()]
 
 
 def decode_record(raw: Any) -> ConversationRecord:

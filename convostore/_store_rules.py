@@ -25,6 +25,7 @@ from .models import (
     check_json,
     check_step_payload,
 )
+from .models import _check_keys as check_json_shape  # check_json's walk, without its dumps
 
 __all__ = [
     "APPEND_FIELDS",
@@ -34,6 +35,7 @@ __all__ = [
     "UPDATE_FIELDS",
     "TurnSpan",
     "check_commit",
+    "check_commit_encoded",
     "check_continues",
     "check_idempotency_key",
     "check_list",
@@ -86,9 +88,14 @@ REQUIRES_ACTION = "requires_action"
 # --------------------------------------------------------------------------- JSON text
 
 
+# One encoder for every call: json.dumps with options builds a new JSONEncoder each time,
+# which costs as much as encoding a short value.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of an already-checked value (non-ASCII kept as is)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODE(value)
 
 
 def loads(text: str | bytes, what: str = "stored record") -> Any:
@@ -285,6 +292,18 @@ def check_new_conversation(
 def check_commit(commit: object) -> TurnCommit:
     """Check one turn's commit: the turn is the record's last, the steps continue the
     conversation's step sequence and belong to the turn, the version advanced."""
+    _check_commit(commit, encode=False)
+    return commit  # type: ignore[return-value]  # _check_commit raised unless it is one
+
+
+def check_commit_encoded(commit: object) -> list[bytes]:
+    """:func:`check_commit`, returning each step as the UTF-8 JSON text of
+    ``[turn_seq, payload]``: the one encoding is both the payload's JSON check and what a
+    backend that stores that pair sends, instead of a check walk plus a second encoding."""
+    return _check_commit(commit, encode=True)
+
+
+def _check_commit(commit: object, *, encode: bool) -> list[bytes]:
     if not isinstance(commit, TurnCommit):
         raise ValidationError(f"expected a TurnCommit, not {type(commit).__name__}")
     rec = check_record(commit.record, settings=False)
@@ -295,9 +314,46 @@ def check_commit(commit: object) -> TurnCommit:
     first = rec.step_count - len(steps) + 1
     if first < 1:
         raise ValidationError(f"step_count {rec.step_count} is less than the {len(steps)} steps")
-    for offset, step in enumerate(steps):
-        _check_step(step, rec.id, first + offset, rec.turn_count)
-    return commit
+    if not encode:
+        for offset, step in enumerate(steps):
+            _check_step(step, rec.id, first + offset, rec.turn_count)
+        return []
+    return [
+        _encode_step(step, rec.id, first + offset, rec.turn_count)
+        for offset, step in enumerate(steps)
+    ]
+
+
+def _encode_step(step: object, conversation_id: str, seq: int, turn_seq: int) -> bytes:
+    """``_check_step`` with ``check_step_payload``'s JSON check done by the encoding itself."""
+    if not isinstance(step, StoredStep):
+        raise ValidationError(f"expected a StoredStep, not {type(step).__name__}")
+    if step.conversation_id != conversation_id:
+        raise ValidationError(
+            f"step {step.seq} belongs to {step.conversation_id!r}, not {conversation_id!r}"
+        )
+    if step.seq != seq:
+        raise ValidationError(f"step seq {step.seq!r} out of order; expected {seq}")
+    if step.turn_seq != turn_seq:
+        raise ValidationError(f"step {seq} has turn_seq {step.turn_seq!r}; expected {turn_seq}")
+    payload: object = step.payload
+    what = f"step {seq}"
+    if not isinstance(payload, dict):
+        raise ValidationError(f"{what} must be a JSON object, not {type(payload).__name__}")
+    kind = payload.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ValidationError(f"{what} must have a string 'type'")
+    try:
+        # encoding to UTF-8 is what rejects lone surrogates, as in check_json
+        data = _ENCODE([turn_seq, payload]).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from exc
+    check_json_shape(payload, what)
+    if step.type != kind:
+        raise ValidationError(
+            f"step {seq} type {step.type!r} differs from its payload type {kind!r}"
+        )
+    return data
 
 
 def check_continues(stored: ConversationRecord, commit: TurnCommit) -> None:

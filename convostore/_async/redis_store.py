@@ -165,7 +165,7 @@ class AsyncRedisStore:
         return keys.decode_record(raw)
 
     async def append_turn(self, commit: TurnCommit) -> AppendResult:
-        rules.check_commit(commit)
+        encoded_steps = rules.check_commit_encoded(commit)
         new, turn = commit.record, commit.turn
         first = new.step_count - len(commit.steps) + 1
         # the TTL follows the stored expiry, so "_exp" is not written
@@ -180,7 +180,7 @@ class AsyncRedisStore:
             str(first - 1),
             len(fields) // 2,
             *fields,
-            *(rules.dumps([s.turn_seq, s.payload]) for s in commit.steps),
+            *encoded_steps,
         ]
         with _translate():
             status = await self._append(keys=self._keys(new.id), args=args)

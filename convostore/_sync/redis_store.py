@@ -166,7 +166,7 @@ class RedisStore:
         return keys.decode_record(raw)
 
     def append_turn(self, commit: TurnCommit) -> AppendResult:
-        rules.check_commit(commit)
+        encoded_steps = rules.check_commit_encoded(commit)
         new, turn = commit.record, commit.turn
         first = new.step_count - len(commit.steps) + 1
         # the TTL follows the stored expiry, so "_exp" is not written
@@ -181,7 +181,7 @@ class RedisStore:
             str(first - 1),
             len(fields) // 2,
             *fields,
-            *(rules.dumps([s.turn_seq, s.payload]) for s in commit.steps),
+            *encoded_steps,
         ]
         with _translate():
             status = self._append(keys=self._keys(new.id), args=args)
