@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from pydantic import ValidationError as PydanticValidationError
@@ -48,7 +48,7 @@ from ._exceptions import (
 )
 from ._store_rules import APPEND_FIELDS, REQUIRES_ACTION, UPDATE_FIELDS, dumps
 from ._urls import redact
-from .models import ConversationRecord, StoredStep, TurnRecord
+from .models import ConversationRecord, StoredStep, TurnCommit, TurnRecord
 
 __all__ = [
     "conversations",
@@ -677,10 +677,54 @@ class DriverStatement:
         return values
 
 
+class AppendParams(NamedTuple):
+    """One append's parameters in the driver's form (see ``AppendStatements``)."""
+
+    update: tuple[Any, ...] | dict[str, Any]
+    turn: tuple[Any, ...] | dict[str, Any]
+    steps: list[tuple[Any, ...] | dict[str, Any]]
+
+
 class AppendStatements:
     """The append's version-checked update and its two inserts, as driver SQL."""
 
     def __init__(self, dialect: Dialect, step_insert: sa.Insert) -> None:
+        self.dialect_name = dialect.name
         self.update = DriverStatement(APPEND_UPDATE, dialect)
         self.turn = DriverStatement(turns.insert(), dialect)
         self.steps = DriverStatement(step_insert, dialect)
+
+    def params(self, commit: TurnCommit) -> AppendParams:
+        """The parameters of ``commit``'s three statements."""
+        rows = step_rows(commit.steps, dialect_name=self.dialect_name)
+        return AppendParams(
+            self.update.params(versioned_params(commit.record, APPEND_FIELDS)),
+            self.turn.params(turn_row(commit.turn)),
+            [self.steps.params(row) for row in rows],
+        )
+
+    def write_on_cursor(self, conn: sa.Connection, params: AppendParams) -> bool:
+        """Run the three statements on one driver cursor of ``conn``'s open transaction;
+        False if the version check missed (nothing written then).
+
+        Used on SQLite, where the statements take microseconds and going through the
+        Connection for each cost more. Driver errors are wrapped as the Connection would
+        wrap them (no disconnects to detect on SQLite).
+        """
+        error = conn.dialect.loaded_dbapi.Error
+        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        statement, values = self.update.sql, params.update
+        try:
+            cursor.execute(statement, values)
+            if cursor.rowcount != 1:
+                return False
+            statement, values = self.turn.sql, params.turn
+            cursor.execute(statement, values)
+            if params.steps:
+                statement = self.steps.sql
+                cursor.executemany(statement, params.steps)
+        except error as exc:
+            raise DBAPIError.instance(statement, values, exc, error) from exc
+        finally:
+            cursor.close()
+        return True

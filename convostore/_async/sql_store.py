@@ -29,6 +29,7 @@ from .._sql import (
     SELECT_TURN_BY_KEY,
     SELECT_VERSION,
     SETTINGS_UPDATE,
+    AppendParams,
     AppendStatements,
     conversation_row,
     conversations,
@@ -52,7 +53,6 @@ from .._sql import (
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
 from .._store_rules import (
-    APPEND_FIELDS,
     UPDATE_FIELDS,
     check_commit,
     check_idempotency_key,
@@ -258,21 +258,14 @@ class AsyncSQLStore:
                     sql = self._append_sql
                     if sql is None:
                         sql = self._append_sql = AppendStatements(conn.dialect, self._step_insert)
-                    params = sql.update.params(versioned_params(record, APPEND_FIELDS))
-                    updated = await conn.exec_driver_sql(sql.update.sql, params)
-                    if updated.rowcount != 1:
+                    params = sql.params(commit)
+                    if not await self._write_turn(conn, sql, params):
                         # a writer with the same key may have won the race we just lost
                         if key is not None:
                             stored = await self._turn_by_key(conn, record.id, record.tenant, key)
                             if stored is not None:
                                 return AppendResult(turn=stored, created=False)
                         raise await self._stale(conn, record)
-                    await conn.exec_driver_sql(sql.turn.sql, sql.turn.params(turn_row(turn)))
-                    if commit.steps:
-                        rows = step_rows(commit.steps, dialect_name=self._dialect)
-                        await conn.exec_driver_sql(
-                            sql.steps.sql, [sql.steps.params(row) for row in rows]
-                        )
             except IntegrityError as exc:
                 async with writer.begin() as conn:
                     if key is not None:
@@ -281,6 +274,25 @@ class AsyncSQLStore:
                             return AppendResult(turn=stored, created=False)
                     raise await self._stale(conn, record) from exc
         return AppendResult(turn=turn, created=True)
+
+    async def _write_turn(
+        self, conn: AsyncConnection, sql: AppendStatements, params: AppendParams
+    ) -> bool:
+        """The append's writes in the open transaction; False if the version check missed
+        (nothing written then)."""
+        if self._dialect == "sqlite":
+
+            def write(sync_conn: sa.Connection) -> bool:
+                return sql.write_on_cursor(sync_conn, params)
+
+            return await conn.run_sync(write)
+        updated = await conn.exec_driver_sql(sql.update.sql, params.update)
+        if updated.rowcount != 1:
+            return False
+        await conn.exec_driver_sql(sql.turn.sql, params.turn)
+        if params.steps:
+            await conn.exec_driver_sql(sql.steps.sql, params.steps)
+        return True
 
     async def update_conversation(self, record: ConversationRecord) -> ConversationRecord:
         check_update(record)
