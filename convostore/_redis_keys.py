@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigurationError, CorruptRecordError
-from ._store_rules import TurnSpan, dumps, epoch_us, loads, stored_step
+from ._store_rules import APPEND_FIELDS, TurnSpan, dumps, epoch_us, loads, stored_step
 from .models import ConversationRecord, StoredStep, TurnRecord
 
 DEFAULT_PREFIX = "convostore:"
@@ -196,38 +196,57 @@ return 1
 """
 )
 
+# The fields an append writes, in the order append_values gives them: the script names them
+# itself, so only the values travel (fewer arguments cost less to send and to unpack).
+_APPEND_NAMES = (*APPEND_FIELDS, "_w")
+_FIRST_VALUE = 8
+_FIRST_STEP = _FIRST_VALUE + len(_APPEND_NAMES)
+_HSET_APPEND = ", ".join(
+    f"'{name}', ARGV[{_FIRST_VALUE + index}]" for index, name in enumerate(_APPEND_NAMES)
+)
+
+
+def append_values(record: ConversationRecord) -> list[str]:
+    """The values of ``APPEND_FIELDS`` (JSON text) and a write token, for ``APPEND``."""
+    data = record.model_dump(mode="json", include=set(APPEND_FIELDS))
+    return [*(dumps(data[name]) for name in APPEND_FIELDS), os.urandom(16).hex()]
+
+
 # KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, idempotency key
-# or "", turn element, turn seq, stored turn count, stored step count, field count,
-# fields/values…, steps…  The TTL follows the stored "_exp" field (ms, or "" for none).
-# Returns {0} missing, {1, turn} key already used, {2, version} stale, {4} counts do not
-# continue, {3} written (also for a re-run of itself, found by its "_w" token).
-APPEND = (
-    _SAME
-    + """
+# or "", turn element, turn seq, stored turn count, stored step count, append_values…,
+# steps…  The TTL follows the stored "_exp" field (ms, or "" for none).  Returns {0}
+# missing, {1, turn} key already used, {2, version} stale, {4} counts do not continue, {3}
+# written (also for a re-run of itself, found by its "_w" token).
+APPEND = f"""
 local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', 'step_count', '_exp')
-if now[1] ~= ARGV[1] then return {0} end
+if now[1] ~= ARGV[1] then return {{0}} end
 if ARGV[3] ~= '' then
   local seq = redis.call('HGET', KEYS[4], ARGV[3])
-  if seq then return {1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)} end
+  if seq then return {{1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)}} end
 end
-local n = tonumber(ARGV[8])
 if now[2] ~= ARGV[2] then
-  if tonumber(now[2]) == tonumber(ARGV[2]) + 1 and same(KEYS[1], 9, n) then return {3} end
-  return {2, now[2]}
+  if tonumber(now[2]) == tonumber(ARGV[2]) + 1 then
+    local stored = redis.call('HMGET', KEYS[1], {", ".join(f"'{n}'" for n in _APPEND_NAMES)})
+    local same = true
+    for j = 1, {len(_APPEND_NAMES)} do
+      if stored[j] ~= ARGV[{_FIRST_VALUE - 1} + j] then same = false end
+    end
+    if same then return {{3}} end
+  end
+  return {{2, now[2]}}
 end
-if now[3] ~= ARGV[6] or now[4] ~= ARGV[7] then return {4} end
+if now[3] ~= ARGV[6] or now[4] ~= ARGV[7] then return {{4}} end
 redis.call('RPUSH', KEYS[2], ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], ARGV[3], ARGV[5]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n))
-for j = 9 + 2 * n, #ARGV, 1000 do
+redis.call('HSET', KEYS[1], {_HSET_APPEND})
+for j = {_FIRST_STEP}, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
 if now[5] and now[5] ~= '' then
   for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, now[5]) end
 end
-return {3}
+return {{3}}
 """
-)
 
 # KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, field count,
 # fields/values… (including "_exp").  Returns {0} missing, {2, version} stale, or

@@ -169,8 +169,6 @@ class RedisStore:
         encoded_steps = rules.check_commit_encoded(commit)
         new, turn = commit.record, commit.turn
         first = new.step_count - len(commit.steps) + 1
-        # the TTL follows the stored expiry, so "_exp" is not written
-        fields = keys.record_fields(new, rules.APPEND_FIELDS, expiry=False)
         args: list[Any] = [
             rules.dumps(new.tenant),
             str(commit.expected_version),
@@ -179,8 +177,7 @@ class RedisStore:
             str(turn.seq),
             str(new.turn_count - 1),
             str(first - 1),
-            len(fields) // 2,
-            *fields,
+            *keys.append_values(new),
             *encoded_steps,
         ]
         with _translate():
