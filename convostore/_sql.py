@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
@@ -703,28 +703,45 @@ class AppendStatements:
             [self.steps.params(row) for row in rows],
         )
 
-    def write_on_cursor(self, conn: sa.Connection, params: AppendParams) -> bool:
-        """Run the three statements on one driver cursor of ``conn``'s open transaction;
-        False if the version check missed (nothing written then).
+    def write_on_cursor(
+        self, conn: sa.Connection, params: AppendParams, *, begin: str | None = None
+    ) -> bool:
+        """Run the three statements on one driver cursor of ``conn``; False if the version
+        check missed (nothing written then).
 
         Used on SQLite, where the statements take microseconds and going through the
-        Connection for each cost more. Driver errors are wrapped as the Connection would
-        wrap them (no disconnects to detect on SQLite).
+        Connection for each cost more. Without ``begin`` they run in ``conn``'s open
+        transaction; with it, in a transaction of their own, begun with that statement and
+        committed (rolled back on a miss or an error). Driver errors are wrapped as the
+        Connection would wrap them (there are no disconnects to detect on SQLite).
         """
         error = conn.dialect.loaded_dbapi.Error
         cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        statement, values = self.update.sql, params.update
+        statement: str | None = begin
+        values: Any = None
+        began = False
         try:
+            if begin is not None:
+                cursor.execute(begin)
+                began = True
+            statement, values = self.update.sql, params.update
             cursor.execute(statement, values)
             if cursor.rowcount != 1:
                 return False
             statement, values = self.turn.sql, params.turn
             cursor.execute(statement, values)
             if params.steps:
-                statement = self.steps.sql
-                cursor.executemany(statement, params.steps)
+                statement, values = self.steps.sql, params.steps
+                cursor.executemany(statement, values)
+            if began:
+                statement, values = "COMMIT", None
+                cursor.execute(statement)
+                began = False
         except error as exc:
             raise DBAPIError.instance(statement, values, exc, error) from exc
         finally:
+            if began:  # a miss or an error: the pool's reset would roll back too, later
+                with suppress(error):
+                    cursor.execute("ROLLBACK")
             cursor.close()
         return True

@@ -250,14 +250,14 @@ class AsyncSQLStore:
         _, writer = await self._engines()
         with translate_errors(self.url):
             try:
+                if key is None and self._dialect == "sqlite":
+                    return await self._append_on_driver(writer, commit)
                 async with writer.begin() as conn:
                     if key is not None:
                         stored = await self._turn_by_key(conn, record.id, record.tenant, key)
                         if stored is not None:
                             return AppendResult(turn=stored, created=False)
-                    sql = self._append_sql
-                    if sql is None:
-                        sql = self._append_sql = AppendStatements(conn.dialect, self._step_insert)
+                    sql = self._statements(conn)
                     params = sql.params(commit)
                     if not await self._write_turn(conn, sql, params):
                         # a writer with the same key may have won the race we just lost
@@ -274,6 +274,26 @@ class AsyncSQLStore:
                             return AppendResult(turn=stored, created=False)
                     raise await self._stale(conn, record) from exc
         return AppendResult(turn=turn, created=True)
+
+    def _statements(self, conn: AsyncConnection) -> AppendStatements:
+        if self._append_sql is None:
+            self._append_sql = AppendStatements(conn.dialect, self._step_insert)
+        return self._append_sql
+
+    async def _append_on_driver(self, writer: AsyncEngine, commit: TurnCommit) -> AppendResult:
+        """An append without an idempotency key on SQLite, in a transaction of the driver's
+        own (``BEGIN IMMEDIATE`` … ``COMMIT`` on one cursor): SQLAlchemy's transaction
+        bookkeeping cost more than the statements. Errors as ``append_turn`` raises them."""
+        async with writer.connect() as conn:
+            sql = self._statements(conn)
+            params = sql.params(commit)
+
+            def write(sync_conn: sa.Connection) -> bool:
+                return sql.write_on_cursor(sync_conn, params, begin="BEGIN IMMEDIATE")
+
+            if await conn.run_sync(write):
+                return AppendResult(turn=commit.turn, created=True)
+            raise await self._stale(conn, commit.record)
 
     async def _write_turn(
         self, conn: AsyncConnection, sql: AppendStatements, params: AppendParams
