@@ -12,20 +12,19 @@ import binascii
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._exceptions import CorruptRecordError, ValidationError
 from .models import (
     MAX_ID_LENGTH,
+    MAX_JSON_DEPTH,
     ConversationRecord,
     StoredStep,
     TurnCommit,
     TurnRecord,
     check_id,
-    check_json,
     check_step_payload,
 )
-from .models import _check_keys as check_json_shape  # check_json's walk, without its dumps
 
 __all__ = [
     "APPEND_FIELDS",
@@ -96,6 +95,46 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=
 def dumps(value: Any) -> str:
     """Compact JSON text of an already-checked value (non-ASCII kept as is)."""
     return _ENCODE(value)
+
+
+def _check_json(value: object, what: str) -> bytes:
+    """``models.check_json`` with one shared encoder and a walk of the containers only;
+    returns the compact UTF-8 JSON text (the encoding is the serialisability check)."""
+    data = _encode_checked(value, what)
+    if isinstance(value, _CONTAINERS):
+        _check_shape(value, what, 0)
+    return data
+
+
+def _encode_checked(value: object, what: str) -> bytes:
+    try:
+        # encoding to UTF-8 is what rejects lone surrogates
+        return _ENCODE(value).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _check_shape(
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...], what: str, depth: int
+) -> None:
+    # The encoder accepted the value, so its floats are finite and every container in it is
+    # a dict, list or tuple; left to check: string keys (it would have converted others)
+    # and the nesting limit (it allows far deeper).
+    if depth >= MAX_JSON_DEPTH:
+        raise ValidationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(f"{what} has a non-string key {key!r}")
+            if isinstance(sub, _CONTAINERS):
+                _check_shape(sub, what, depth + 1)
+    else:
+        for sub in value:
+            if isinstance(sub, _CONTAINERS):
+                _check_shape(sub, what, depth + 1)
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def loads(text: str | bytes, what: str = "stored record") -> Any:
@@ -191,8 +230,8 @@ def check_record(record: object, *, settings: bool = True) -> ConversationRecord
     if not isinstance(record.model, str):
         raise ValidationError("model must be a string")
     if settings:
-        check_json(record.config, "config")
-        check_json(record.metadata, "metadata")
+        _check_json(record.config, "config")
+        _check_json(record.metadata, "metadata")
     for name in ("version", "turn_count", "step_count"):
         _check_int(getattr(record, name), name, minimum=0)
     for name in ("created_at", "updated_at"):
@@ -213,7 +252,7 @@ def check_idempotency_key(key: object) -> str:
         )
     if not key.isprintable():
         raise ValidationError("idempotency key must not contain control characters")
-    check_json(key, "idempotency key")
+    _check_json(key, "idempotency key")
     return key
 
 
@@ -229,7 +268,7 @@ def _check_turn(turn: object, conversation_id: str, seq: int) -> TurnRecord:
     if not isinstance(turn.status, str) or not turn.status:
         raise ValidationError("turn status must be a non-empty string")
     if turn.usage is not None:
-        check_json(turn.usage, "turn usage")
+        _check_json(turn.usage, "turn usage")
     if turn.idempotency_key is not None:
         check_idempotency_key(turn.idempotency_key)
     _check_aware(turn.created_at, "turn created_at")
@@ -292,18 +331,18 @@ def check_new_conversation(
 def check_commit(commit: object) -> TurnCommit:
     """Check one turn's commit: the turn is the record's last, the steps continue the
     conversation's step sequence and belong to the turn, the version advanced."""
-    _check_commit(commit, encode=False)
-    return commit  # type: ignore[return-value]  # _check_commit raised unless it is one
+    _check_commit(commit)
+    return cast(TurnCommit, commit)  # _check_commit raised unless it is one
 
 
 def check_commit_encoded(commit: object) -> list[bytes]:
     """:func:`check_commit`, returning each step as the UTF-8 JSON text of
     ``[turn_seq, payload]``: the one encoding is both the payload's JSON check and what a
     backend that stores that pair sends, instead of a check walk plus a second encoding."""
-    return _check_commit(commit, encode=True)
+    return _check_commit(commit)
 
 
-def _check_commit(commit: object, *, encode: bool) -> list[bytes]:
+def _check_commit(commit: object) -> list[bytes]:
     if not isinstance(commit, TurnCommit):
         raise ValidationError(f"expected a TurnCommit, not {type(commit).__name__}")
     rec = check_record(commit.record, settings=False)
@@ -314,10 +353,6 @@ def _check_commit(commit: object, *, encode: bool) -> list[bytes]:
     first = rec.step_count - len(steps) + 1
     if first < 1:
         raise ValidationError(f"step_count {rec.step_count} is less than the {len(steps)} steps")
-    if not encode:
-        for offset, step in enumerate(steps):
-            _check_step(step, rec.id, first + offset, rec.turn_count)
-        return []
     return [
         _encode_step(step, rec.id, first + offset, rec.turn_count)
         for offset, step in enumerate(steps)
@@ -325,7 +360,7 @@ def _check_commit(commit: object, *, encode: bool) -> list[bytes]:
 
 
 def _encode_step(step: object, conversation_id: str, seq: int, turn_seq: int) -> bytes:
-    """``_check_step`` with ``check_step_payload``'s JSON check done by the encoding itself."""
+    """``_check_step`` for one turn's step, whose JSON check is the encoding it returns."""
     if not isinstance(step, StoredStep):
         raise ValidationError(f"expected a StoredStep, not {type(step).__name__}")
     if step.conversation_id != conversation_id:
@@ -343,12 +378,8 @@ def _encode_step(step: object, conversation_id: str, seq: int, turn_seq: int) ->
     kind = payload.get("type")
     if not isinstance(kind, str) or not kind:
         raise ValidationError(f"{what} must have a string 'type'")
-    try:
-        # encoding to UTF-8 is what rejects lone surrogates, as in check_json
-        data = _ENCODE([turn_seq, payload]).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from exc
-    check_json_shape(payload, what)
+    data = _encode_checked([turn_seq, payload], what)
+    _check_shape(payload, what, 0)
     if step.type != kind:
         raise ValidationError(
             f"step {seq} type {step.type!r} differs from its payload type {kind!r}"
