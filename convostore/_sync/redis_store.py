@@ -267,7 +267,9 @@ class RedisStore:
         found = self._scoped(
             conversation_id,
             tenant,
-            lambda p: p.lrange(turns_key, -(newest + 2), -1),
+            # enough turns when each has two steps or more (an input and an output);
+            # shorter turns only cost the second, exact read
+            lambda p: p.lrange(turns_key, -(newest // 2 + 2), -1),
             lambda p: p.lrange(steps_key, -(newest + _NEWEST_SLACK), -1),
         )
         count, turn_count, spans, rows = found[0], found[1], keys.decode_spans(found[2]), found[3]
