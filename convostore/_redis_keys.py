@@ -93,9 +93,7 @@ def expire_ms(record: ConversationRecord) -> str:
     return "" if record.expires_at is None else str(int(record.expires_at.timestamp() * 1000))
 
 
-def record_fields(
-    record: ConversationRecord, names: Sequence[str] | None = None, *, expiry: bool = True
-) -> list[str]:
+def record_fields(record: ConversationRecord, names: Sequence[str] | None = None) -> list[str]:
     """Flat field/value pairs for HSET: every field (or ``names``) as JSON text, the expiry
     in ms under ``_exp`` (which the scripts read to apply the TTL), and under ``_w`` a token
     of this one write (by which a re-sent script recognises that it already applied)."""
@@ -103,9 +101,7 @@ def record_fields(
     flat: list[str] = []
     for name, value in data.items():
         flat += [name, dumps(value)]
-    if expiry:
-        flat += ["_exp", expire_ms(record)]
-    return [*flat, "_w", os.urandom(16).hex()]
+    return [*flat, "_exp", expire_ms(record), "_w", os.urandom(16).hex()]
 
 
 def decode_record(raw: Any) -> ConversationRecord:
