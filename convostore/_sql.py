@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -301,6 +302,27 @@ def engine_options(url: URL) -> dict[str, Any]:
     return options
 
 
+def _set_wal(cursor: Any, *, patience: float = 30.0) -> None:
+    """Put the file in WAL mode (persistent: once done, every later connection finds it so).
+
+    Switching the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, when waiting could deadlock: two processes
+    opening a new file together both try the switch. So retry with a short backoff.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError (sqlite3 or aiosqlite)
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
 def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
     """Take over SQLite transaction control (SQLAlchemy's documented recipe).
 
@@ -319,7 +341,7 @@ def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 30000")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
