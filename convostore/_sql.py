@@ -313,7 +313,8 @@ def _set_wal(cursor: Any, *, patience: float = 30.0) -> None:
     delay = 0.005
     while True:
         try:
-            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() != "wal":
                 cursor.execute("PRAGMA journal_mode = WAL")
             return
         except Exception as exc:  # the driver's OperationalError (sqlite3 or aiosqlite)
