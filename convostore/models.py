@@ -66,10 +66,6 @@ def _open_union_tag(known: frozenset[str]) -> Any:
 # --------------------------------------------------------------------------- content
 
 
-class UrlCitation(WireModel):
-    type: Literal["url_citation"] = "url_citation"
-
-
 class TextContent(WireModel):
     type: Literal["text"] = "text"
     text: str
@@ -310,7 +306,6 @@ Step = Annotated[
 ]
 
 _STEP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Step)
-_STEPS_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(list[Step])
 
 
 def parse_step(payload: Mapping[str, Any]) -> Any:
@@ -323,14 +318,6 @@ def parse_step(payload: Mapping[str, Any]) -> Any:
         return _STEP_ADAPTER.validate_python(payload)
     except Exception as exc:  # pydantic.ValidationError
         raise ValidationError(f"invalid step: {exc}") from exc
-
-
-def view_step(payload: Mapping[str, Any]) -> Any:
-    """Parse a step the API sent, leniently: a malformed known type becomes an UnknownStep."""
-    try:
-        return _STEP_ADAPTER.validate_python(payload)
-    except Exception:
-        return UnknownStep.model_validate(dict(payload))
 
 
 # --------------------------------------------------------------------------- usage, interaction
