@@ -12,8 +12,8 @@ import json
 
 import httpx
 
-from convostore import _planner as planner
 from convostore._async.client import AsyncInteractionsClient
+from convostore._core import planner
 from convostore.models import JSONObject, Reason
 
 from . import _data

@@ -8,6 +8,7 @@ from ._async.conversation import AsyncConversation, AsyncTurnStream
 from ._async.conversations import AsyncConversations
 from ._async.encrypted_store import AsyncEncryptedStore, async_rotate_keys
 from ._async.store import AsyncStore
+from ._core.planner import Policy
 from ._encryption import KeyRing, RotationReport
 from ._exceptions import (
     APIConnectionError,
@@ -39,7 +40,6 @@ from ._exceptions import (
     WrongKeyError,
 )
 from ._migrate import upgrade as migrate
-from ._planner import Policy
 from ._registry import open_async_store, open_store
 from ._sync.client import InteractionsClient, InteractionStream
 from ._sync.conversation import Conversation, TurnStream

@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ._core.store_rules import stored_step
 from ._exceptions import (
     ConfigurationError,
     CorruptCiphertextError,
@@ -43,7 +44,6 @@ from ._exceptions import (
     ValidationError,
     WrongKeyError,
 )
-from ._store_rules import stored_step
 from .models import ConversationRecord, JSONObject, StoredStep
 
 __all__ = [

@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ._core.store_rules import APPEND_FIELDS, TurnSpan, dumps, epoch_us, loads, stored_step
 from ._exceptions import ConfigurationError, CorruptRecordError
-from ._store_rules import APPEND_FIELDS, TurnSpan, dumps, epoch_us, loads, stored_step
 from .models import ConversationRecord, StoredStep, TurnRecord
 
 DEFAULT_PREFIX = "convostore:"

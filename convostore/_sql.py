@@ -39,6 +39,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from ._core.store_rules import APPEND_FIELDS, REQUIRES_ACTION, UPDATE_FIELDS, dumps
 from ._exceptions import (
     ConfigurationError,
     CorruptRecordError,
@@ -47,7 +48,6 @@ from ._exceptions import (
     StoreUnavailable,
     ValidationError,
 )
-from ._store_rules import APPEND_FIELDS, REQUIRES_ACTION, UPDATE_FIELDS, dumps
 from ._urls import redact
 from .models import ConversationRecord, StoredStep, TurnCommit, TurnRecord
 
@@ -644,7 +644,7 @@ def newest_turn(conversation_id: Any, anchor_seq: Any) -> sa.Select[Any]:
     ``anchor_seq`` is the first step the caller wants (step_count - N + 1; a number or a
     scalar subquery). The suffix starts
     at the latest turn, at or before the anchor's, whose predecessor did not end in
-    ``requires_action`` (``_store_rules.newest_start`` states the same rule for backends that
+    ``requires_action`` (``store_rules.newest_start`` states the same rule for backends that
     walk turns in Python): one primary-key probe and a short backward walk over turns.
     """
     anchor_step = steps.alias("anchor_step")

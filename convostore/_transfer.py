@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import pydantic
 
-from . import _audit
-from . import _planner as planner
-from . import _store_rules as rules
+from ._core import audit as _audit
+from ._core import planner
+from ._core import store_rules as rules
 from ._exceptions import (
     APIError,
     ConversationExists,
@@ -340,7 +340,7 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
     Checks: turn and step seqs contiguous from 1, ``turn_count``/``step_count`` equal to what
     is stored, a version not behind the turns appended, the chain linear, the head and
     ``last_turn_hash`` matching the last turn, every payload a step that parses, and the audit
-    hash chain (:func:`convostore._audit.verify`).
+    hash chain (:func:`convostore._core.audit.verify`).
     """
     try:
         turns = store.load_turns(record.id, tenant=record.tenant)

@@ -25,7 +25,7 @@ from convostore._client_base import (
     retry_delay,
     status_error,
 )
-from convostore._streaming import StreamAccumulator
+from convostore._core.streaming import StreamAccumulator
 from convostore.models import StepDeltaEvent, TextDelta, to_wire
 
 KEY = "AIzaSy-test-secret-0123456789"

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from convostore import ValidationError, _audit, _planner
-from convostore._planner import Decision, Policy, decide, plan_request
+from convostore import ValidationError
+from convostore._core import audit as _audit
+from convostore._core import planner as _planner
+from convostore._core.planner import Decision, Policy, decide, plan_request
 from convostore.models import ConversationRecord, Reason, TurnRecord
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

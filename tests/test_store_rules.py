@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convostore import CorruptRecordError, ValidationError
-from convostore import _store_rules as rules
+from convostore._core import store_rules as rules
 from convostore.models import StoredStep
 from convostore.testing import make_commit, make_record, user_step
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from convostore import StreamError
-from convostore._streaming import StreamAccumulator
+from convostore._core.streaming import StreamAccumulator
 from convostore.models import parse_event
 
 

@@ -25,8 +25,8 @@ from .._client_base import (
     retry_delay,
     status_error,
 )
+from .._core.streaming import BaseInteractionStream
 from .._exceptions import APIError, StreamError, ValidationError
-from .._streaming import BaseInteractionStream
 from ..models import Interaction, StepDeltaEvent, TextDelta
 
 __all__ = ["AsyncInteractionStream", "AsyncInteractionsClient"]
@@ -294,7 +294,7 @@ class AsyncInteractionStream(BaseInteractionStream):
 
     An ``error`` event raises :class:`~convostore.StreamError` (after every event before it was
     yielded); so does a stream that ends, or is cut, before ``interaction.completed``. After the
-    stream, :attr:`interaction` is the assembled interaction (see ``convostore._streaming``).
+    stream, :attr:`interaction` is the assembled interaction (see ``convostore._core.streaming``).
     Use :meth:`text_deltas` to get the answer's text as it arrives.
     """
 

@@ -1,6 +1,6 @@
 """One conversation: send a turn (unary or streamed), read it back, fork it, change it.
 
-A thin driver: every decision is the planner's (``convostore._planner``); this module only
+A thin driver: every decision is the planner's (``convostore._core.planner``); this module only
 reads the store, calls the API, and writes the commit the planner produced.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .. import _planner as planner
+from .._core import planner
 from .._exceptions import (
     APIError,
     BadRequestError,

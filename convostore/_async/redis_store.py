@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .. import _redis_keys as keys
-from .. import _store_rules as rules
+from .._core import store_rules as rules
 from .._exceptions import (
     ConcurrentTurnError,
     ConfigurationError,

@@ -28,7 +28,7 @@ from .._client_base import (
     status_error,
 )
 from .._exceptions import APIError, StreamError, ValidationError
-from .._streaming import BaseInteractionStream
+from .._core.streaming import BaseInteractionStream
 from ..models import Interaction, StepDeltaEvent, TextDelta
 
 __all__ = ["InteractionStream", "InteractionsClient"]
@@ -296,7 +296,7 @@ class InteractionStream(BaseInteractionStream):
 
     An ``error`` event raises :class:`~convostore.StreamError` (after every event before it was
     yielded); so does a stream that ends, or is cut, before ``interaction.completed``. After the
-    stream, :attr:`interaction` is the assembled interaction (see ``convostore._streaming``).
+    stream, :attr:`interaction` is the assembled interaction (see ``convostore._core.streaming``).
     Use :meth:`text_deltas` to get the answer's text as it arrives.
     """
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from .. import _planner as planner
+from .._core import planner
 from .._exceptions import APIError, ConversationNotFound, NotFoundError, ValidationError
 from .._registry import open_store
 from ..models import ConversationRecord, DeleteReport, JSONObject, Mode, Page, check_id, utcnow
@@ -28,7 +28,7 @@ class Conversations:
         model: the default model of new conversations.
         retention: how long the server keeps interactions, for ``auto``: one ``timedelta``,
             a mapping tenant -> ``timedelta``, or a function of the tenant (default 55 days).
-        policy: a full :class:`~convostore._planner.Policy` instead of ``retention``.
+        policy: a full :class:`~convostore._core.planner.Policy` instead of ``retention``.
     """
 
     def __init__(

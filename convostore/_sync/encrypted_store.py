@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from .. import _encryption as enc
-from .. import _store_rules as rules
+from .._core import store_rules as rules
 from .._exceptions import ConcurrentTurnError, ConversationNotFound, CorruptCiphertextError
 from ..models import (
     AppendResult,

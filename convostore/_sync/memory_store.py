@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import _store_rules as rules
+from .._core import store_rules as rules
 from .._exceptions import (
     ConcurrentTurnError,
     ConfigurationError,

@@ -27,7 +27,7 @@ from redis.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .. import _redis_keys as keys
-from .. import _store_rules as rules
+from .._core import store_rules as rules
 from .._exceptions import (
     ConcurrentTurnError,
     ConfigurationError,

@@ -54,7 +54,7 @@ from .._sql import (
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
-from .._store_rules import (
+from .._core.store_rules import (
     UPDATE_FIELDS,
     check_commit,
     check_idempotency_key,

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .models import StoredStep, TurnRecord
+from ..models import StoredStep, TurnRecord
 
 
 def canonical_json(value: Any) -> bytes:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import _audit
-from ._exceptions import ValidationError
-from .models import (
+from .._exceptions import ValidationError
+from ..models import (
     MODES,
     STEP_TYPES,
     ConversationRecord,
@@ -32,6 +31,7 @@ from .models import (
     check_json,
     parse_step,
 )
+from . import audit as _audit
 
 DEFAULT_RETENTION = timedelta(days=55)
 """How long the service keeps a stored interaction (paid tier; the free tier keeps 1 day)."""

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from ._exceptions import CorruptRecordError, ValidationError
-from .models import (
+from .._exceptions import CorruptRecordError, ValidationError
+from ..models import (
     MAX_ID_LENGTH,
     MAX_JSON_DEPTH,
     ConversationRecord,

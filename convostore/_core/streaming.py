@@ -32,9 +32,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._exceptions import StreamError
-from ._sse import ServerSentEvent, SSEDecoder
-from .models import Interaction, JSONObject, parse_event, to_wire
+from .._exceptions import StreamError
+from .._sse import ServerSentEvent, SSEDecoder
+from ..models import Interaction, JSONObject, parse_event, to_wire
 
 __all__ = ["BaseInteractionStream", "StreamAccumulator"]
 
