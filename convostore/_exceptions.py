@@ -11,6 +11,8 @@ raises on purpose. Driver and HTTP errors are translated at one boundary per lay
     │   ├── ConversationNotFound (LookupError)   missing, deleted, or another tenant's
     │   ├── ConversationExists                   create with an id already taken
     │   ├── ConcurrentTurnError                  the version an append was planned against is stale
+    │   │   └── LeaseLost                        another worker took over a turn in flight
+    │   ├── TurnInFlight                         a turn is already in flight (carries it)
     │   ├── SchemaError                          database schema missing or behind; names the fix
     │   ├── StoreUnavailable                     the backend could not be reached
     │   ├── CorruptRecordError                   a stored row that does not parse
@@ -54,6 +56,7 @@ __all__ = [
     "CorruptRecordError",
     "EncryptionError",
     "InternalServerError",
+    "LeaseLost",
     "MissingKeyError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -62,6 +65,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StreamError",
+    "TurnInFlight",
     "UnprocessableEntityError",
     "ValidationError",
     "WrongKeyError",
@@ -114,6 +118,35 @@ class ConcurrentTurnError(StoreError):
         super().__init__(
             f"conversation {conversation_id!r} changed concurrently "
             f"(expected version {expected_version}{found})"
+        )
+
+
+class LeaseLost(ConcurrentTurnError):
+    """A turn in flight was taken over (its lease expired and another worker claimed it), or
+    it was already committed or released: this worker must not write it any more."""
+
+    def __init__(self, conversation_id: str, *, idempotency_key: str) -> None:
+        self.conversation_id = conversation_id
+        self.idempotency_key = idempotency_key
+        StoreError.__init__(
+            self,
+            f"conversation {conversation_id!r}: the turn in flight with key "
+            f"{idempotency_key!r} is no longer held by this worker",
+        )
+        self.expected_version = -1
+        self.actual_version = None
+
+
+class TurnInFlight(StoreError):
+    """A turn is already in flight on the conversation (one at a time). ``pending`` is its
+    record (a :class:`~convostore.models.PendingTurnRecord`)."""
+
+    def __init__(self, conversation_id: str, *, pending: Any) -> None:
+        self.conversation_id = conversation_id
+        self.pending = pending
+        super().__init__(
+            f"conversation {conversation_id!r} has a turn in flight "
+            f"(seq {getattr(pending, 'seq', '?')}, key {getattr(pending, 'idempotency_key', '?')!r})"
         )
 
 

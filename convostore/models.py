@@ -832,3 +832,81 @@ class DeleteReport(_Record):
     deleted: bool
     remote_deleted: list[str] = Field(default_factory=list)
     remote_failed: dict[str, str] = Field(default_factory=dict)
+
+
+TurnState: TypeAlias = Literal["pending", "sent", "continuing"]
+
+
+class PendingTurnRecord(_Record):
+    """A turn in flight, written before its request is sent (``Store.begin_turn``).
+
+    It says everything a worker needs to finish the turn after the one that started it died:
+    what was sent and how (input, settings, mode, reason, ``store``), what the server answered
+    so far (the interaction id of every hop, the latest ``continuation_token``), and who holds
+    it (a lease: ``lease_owner`` until ``lease_expires_at``). The commit of the turn replaces it
+    atomically (``append_turn`` deletes the record carrying the turn's idempotency key).
+    At most one turn is in flight per conversation. The lifecycle is in
+    ``convostore._core.lifecycle``.
+    """
+
+    conversation_id: str
+    tenant: str
+    seq: int
+    """The seq the turn will take: the conversation's ``turn_count + 1`` when planned."""
+    planned_version: int
+    """The conversation version the turn was planned against (its commit expects it)."""
+    idempotency_key: str
+    """The caller's key, or one generated for the turn: the commit is deduplicated by it."""
+    state: TurnState = "pending"
+    mode_used: ModeUsed
+    reason: Reason
+    model: str
+    store: bool
+    """Whether the request was sent with ``store: true`` (the server keeps the answer)."""
+    background: bool = False
+    previous_interaction_id: str | None = None
+    input_steps: list[JSONObject]
+    config: JSONObject = Field(default_factory=dict)
+    """The interaction-scoped settings sent with the request."""
+    interaction_id: str | None = None
+    """The id of the latest hop, once the server has answered."""
+    hop_ids: list[str] = Field(default_factory=list)
+    """Every hop's interaction id, in order (more than one when the answer was continued)."""
+    continuation_token: str | None = None
+    """The token to continue from (``requires_continuation``, or a stream checkpoint)."""
+    lease_owner: str
+    lease_expires_at: AwareDatetime
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    updated_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @field_validator("conversation_id", "tenant", "idempotency_key", "lease_owner")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return check_id(value)
+
+
+OutboxAction: TypeAlias = Literal["delete_interaction"]
+
+
+class OutboxItem(_Record):
+    """A server-side effect that must happen eventually (today: deleting an interaction).
+
+    Written before the effect is tried, removed once it succeeded, retried by ``recover``
+    until then; it outlives the conversation it came from, so erasure stays provable.
+    """
+
+    id: str
+    tenant: str
+    conversation_id: str | None = None
+    action: OutboxAction = "delete_interaction"
+    target: str
+    """The interaction id the action applies to."""
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    next_attempt_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @field_validator("id", "tenant")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return check_id(value)

@@ -14,7 +14,9 @@ from typing import Protocol, runtime_checkable
 from ..models import (
     AppendResult,
     ConversationRecord,
+    OutboxItem,
     Page,
+    PendingTurnRecord,
     StoredStep,
     TurnCommit,
     TurnRecord,
@@ -66,6 +68,10 @@ class AsyncStore(Protocol):
         written and the stored turn is returned with ``created=False`` (checked before the
         version). Otherwise the conversation's stored version must equal
         ``commit.expected_version``.
+
+        In the same transaction, a pending turn of the conversation carrying
+        ``commit.turn.idempotency_key`` is deleted (the turn replaces its pending record), also
+        when the key was already used (``created=False``).
 
         Writes to the conversation: version, turn_count, step_count, head_interaction_id,
         head_created_at, head_model, last_turn_hash, updated_at (all from ``commit.record``).
@@ -143,8 +149,9 @@ class AsyncStore(Protocol):
         ...
 
     async def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
-        """Delete a conversation with all its turns and steps. Idempotent: returns False when
-        there was nothing to delete (missing or another tenant's)."""
+        """Delete a conversation with all its turns, steps and its pending turn. Idempotent:
+        returns False when there was nothing to delete (missing or another tenant's). Outbox
+        items naming it are kept."""
         ...
 
     async def purge(
@@ -158,6 +165,94 @@ class AsyncStore(Protocol):
         """Delete every conversation whose ``expires_at`` is at or before ``now`` (default:
         the current time) or, when ``older_than`` is given, whose ``updated_at`` is before it.
         Returns the records deleted (or, with ``dry_run``, that would be)."""
+        ...
+
+    # ---------------------------------------------------------------- turns in flight
+
+    async def begin_turn(self, pending: PendingTurnRecord) -> None:
+        """Record a turn in flight, before its request is sent.
+
+        Written only if the conversation's stored version equals ``pending.planned_version``
+        and no turn is in flight on it (checked in that order of precedence: in flight first).
+
+        Raises:
+            TurnInFlight: a turn is already pending (the error carries its record).
+            ConcurrentTurnError: the stored version differs.
+            ConversationNotFound: missing or another tenant's.
+            ValidationError: ``pending.seq`` is not the stored ``turn_count + 1``.
+        """
+        ...
+
+    async def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
+        """The conversation's turn in flight, if any (None also when the conversation is
+        missing or another tenant's)."""
+        ...
+
+    async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
+        """Write the progress of a turn in flight: ``state``, ``interaction_id``,
+        ``hop_ids``, ``continuation_token``, ``lease_owner``, ``lease_expires_at`` and
+        ``updated_at`` (nothing else changes) — only if the stored pending record has
+        ``pending.idempotency_key`` and is held by ``owner``.
+
+        Raises:
+            LeaseLost: it is no longer there (committed, released) or another owner holds it.
+        """
+        ...
+
+    async def claim_pending(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+    ) -> PendingTurnRecord | None:
+        """Take over a turn in flight whose lease has expired at ``now`` (or that ``owner``
+        already holds): compare-and-set of ``lease_owner``/``lease_expires_at``. Returns the
+        record as stored after the claim; None when nothing is pending or another owner's lease
+        is still live. Of two workers claiming at once, one wins."""
+        ...
+
+    async def release_pending(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> bool:
+        """Delete the pending record carrying ``idempotency_key`` without committing a turn
+        (the turn failed or was cancelled). Returns False when there was none. Idempotent."""
+        ...
+
+    async def list_pending(
+        self,
+        *,
+        tenant: str | None,
+        expired_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[PendingTurnRecord]:
+        """Turns in flight, oldest first (by ``created_at``, then conversation id).
+        ``tenant=None`` lists every tenant; ``expired_at`` keeps only those whose lease expired
+        at that time."""
+        ...
+
+    # ---------------------------------------------------------------- outbox
+
+    async def add_outbox(self, items: Sequence[OutboxItem]) -> None:
+        """Record server-side effects still to be done (an item whose id exists is replaced)."""
+        ...
+
+    async def list_outbox(
+        self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        """Outstanding items, oldest first; ``due_at`` keeps those whose ``next_attempt_at``
+        is at or before it; ``tenant=None`` lists every tenant."""
+        ...
+
+    async def update_outbox(self, item: OutboxItem) -> None:
+        """Write an item's ``attempts``, ``last_error`` and ``next_attempt_at`` after a failed
+        try (no-op if it was removed meanwhile)."""
+        ...
+
+    async def remove_outbox(self, ids: Sequence[str]) -> None:
+        """Remove done items. Idempotent."""
         ...
 
     async def aclose(self) -> None:
