@@ -4,7 +4,7 @@ restarts."""
 from __future__ import annotations
 
 from ._async.client import AsyncInteractionsClient, AsyncInteractionStream
-from ._async.conversation import AsyncConversation, AsyncTurnStream
+from ._async.conversation import AsyncConversation, AsyncPendingTurn, AsyncTurnStream
 from ._async.conversations import AsyncConversations
 from ._async.encrypted_store import AsyncEncryptedStore, async_rotate_keys
 from ._async.store import AsyncStore
@@ -26,6 +26,8 @@ from ._exceptions import (
     CorruptCiphertextError,
     CorruptRecordError,
     EncryptionError,
+    InteractionFailed,
+    InteractionUnfinished,
     InternalServerError,
     LeaseLost,
     MissingKeyError,
@@ -44,7 +46,7 @@ from ._exceptions import (
 from ._migrate import upgrade as migrate
 from ._registry import open_async_store, open_store
 from ._sync.client import InteractionsClient, InteractionStream
-from ._sync.conversation import Conversation, TurnStream
+from ._sync.conversation import Conversation, PendingTurn, TurnStream
 from ._sync.conversations import Conversations
 from ._sync.encrypted_store import EncryptedStore, rotate_keys
 from ._sync.store import Store
@@ -56,6 +58,7 @@ from .models import (
     Page,
     PendingTurnRecord,
     Reason,
+    RecoveryReport,
     StoredStep,
     Turn,
     TurnRecord,
@@ -73,6 +76,7 @@ __all__ = [
     "AsyncEncryptedStore",
     "AsyncInteractionStream",
     "AsyncInteractionsClient",
+    "AsyncPendingTurn",
     "AsyncStore",
     "AsyncTurnStream",
     "AuthenticationError",
@@ -92,7 +96,9 @@ __all__ = [
     "EncryptedStore",
     "EncryptionError",
     "Interaction",
+    "InteractionFailed",
     "InteractionStream",
+    "InteractionUnfinished",
     "InteractionsClient",
     "InternalServerError",
     "KeyRing",
@@ -101,11 +107,13 @@ __all__ = [
     "NotFoundError",
     "OutboxItem",
     "Page",
+    "PendingTurn",
     "PendingTurnRecord",
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
     "Reason",
+    "RecoveryReport",
     "RotationReport",
     "SchemaError",
     "Store",

@@ -348,8 +348,10 @@ class Interaction(WireModel):
     usage: Usage | None = None
     previous_interaction_id: str | None = None
     continuation_token: str | None = None
+    errors: list[Any] | None = None
 
     _raw: JSONObject | None = PrivateAttr(default=None)
+    _hop_ids: list[str] | None = PrivateAttr(default=None)
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> Interaction:
@@ -910,3 +912,22 @@ class OutboxItem(_Record):
     @classmethod
     def _ids(cls, value: str) -> str:
         return check_id(value)
+
+
+class RecoveryReport(_Record):
+    """What ``recover`` did. Turns are named ``"<conversation id>#<seq>"``."""
+
+    adopted: list[str] = Field(default_factory=list)
+    """Turns whose answer the server had: committed."""
+    lost: list[str] = Field(default_factory=list)
+    """Turns recorded as lost (nothing to adopt, or the conversation had moved on)."""
+    failed: list[str] = Field(default_factory=list)
+    """Turns the server ended failed or cancelled: released, nothing committed."""
+    running: list[str] = Field(default_factory=list)
+    """Turns still running on the server: left pending (a later ``recover`` finishes them)."""
+    busy: list[str] = Field(default_factory=list)
+    """Turns another worker claimed first."""
+    deleted: list[str] = Field(default_factory=list)
+    """Outbox: server deletions done now."""
+    outstanding: dict[str, str] = Field(default_factory=dict)
+    """Outbox: server deletions still failing (interaction id -> last error), retried later."""

@@ -214,6 +214,29 @@ def check_send_args(input: Any, key: str | None, on_conflict: str) -> list[JSONO
     return normalize_input(input)
 
 
+IN_FLIGHT_POLICIES = ("reject", "wait", "cancel")
+
+
+def check_turn_options(*, in_flight: object, background: object) -> None:
+    if in_flight not in IN_FLIGHT_POLICIES:
+        raise ValidationError(f"in_flight must be one of {IN_FLIGHT_POLICIES}; got {in_flight!r}")
+    if not isinstance(background, bool):
+        raise ValidationError(f"background must be True or False; got {background!r}")
+
+
+def new_turn_key() -> str:
+    """The idempotency key of a turn whose caller gave none: its commit is deduplicated too."""
+    return "t-" + uuid.uuid4().hex
+
+
+def webhook_config(uris: Sequence[str], record: ConversationRecord) -> JSONObject:
+    """The ``webhook_config`` of a background turn: the webhook names its conversation back."""
+    return {
+        "uris": list(uris),
+        "user_metadata": {"convostore_conversation": record.id, "convostore_tenant": record.tenant},
+    }
+
+
 def conflict_delay(attempt: int) -> float:
     """Seconds to wait before re-planning after the ``attempt``-th conflict: exponential with
     full jitter, so writers racing on one conversation spread out instead of colliding again

@@ -10,31 +10,35 @@ from __future__ import annotations
 import threading
 import time
 import logging
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .._core import planner
+from .._core import lifecycle, planner
+from .._core.continuation import continuation_body
 from .._exceptions import (
     APIError,
-    BadRequestError,
     ConcurrentTurnError,
-    ConversationNotFound,
-    NotFoundError,
+    InteractionFailed,
+    StreamError,
+    TurnInFlight,
     ValidationError,
 )
 from ..models import (
     ConversationRecord,
     DeleteReport,
-    Interaction,
+    InteractionCreatedEvent,
     JSONObject,
+    PendingTurnRecord,
     StepDeltaEvent,
     TextDelta,
     Turn,
     TurnRecord,
-    to_wire,
     utcnow,
 )
+from .turns import TurnDriver
 
 if TYPE_CHECKING:
     from .conversations import Conversations
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("convostore.conversation")
 
 OnConflict = Literal["raise", "retry"]
+InFlight = Literal["reject", "wait", "cancel"]
+MAX_RESUMES = 3
+"""Reconnects of a cut stream without progress, as the SDK allows."""
 
 
 class _Prepared:
@@ -88,6 +95,7 @@ class Conversation:
 
     # ------------------------------------------------------------------ sending
 
+    @overload
     def send(
         self,
         input: Any,
@@ -95,47 +103,118 @@ class Conversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-    ) -> Turn:
+        in_flight: InFlight = "reject",
+        background: Literal[False] = False,
+        auto_continue: bool | None = None,
+    ) -> Turn: ...
+
+    @overload
+    def send(
+        self,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_conflict: OnConflict = "raise",
+        max_conflict_retries: int = 5,
+        in_flight: InFlight = "reject",
+        background: Literal[True],
+        auto_continue: bool | None = None,
+    ) -> PendingTurn | Turn: ...
+
+    def send(
+        self,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_conflict: OnConflict = "raise",
+        max_conflict_retries: int = 5,
+        in_flight: InFlight = "reject",
+        background: bool = False,
+        auto_continue: bool | None = None,
+    ) -> Turn | PendingTurn:
         """Send one user turn and commit it with the model's answer.
+
+        The turn is recorded as pending before its request is sent, so a worker that dies
+        mid-turn leaves it to be finished by another (``Conversations.recover``).
 
         Args:
             input: a string, content part(s), or steps (e.g. ``function_result`` answers).
-            idempotency_key: a retry with the same key returns the stored turn, sending nothing.
+            idempotency_key: a retry with the same key returns the stored turn, sending nothing
+                (a key is generated when none is given: the commit is always deduplicated).
             on_conflict: ``"retry"`` re-reads and re-plans (from the new head) when another
                 writer appended first; ``"raise"`` raises :class:`ConcurrentTurnError`.
             max_conflict_retries: how many times ``"retry"`` tries again.
+            in_flight: what to do while another turn of this conversation is in flight:
+                ``"reject"`` raises :class:`TurnInFlight` (nothing is sent), ``"wait"`` queues
+                behind it, ``"cancel"`` cancels it on the server (a background turn) first.
+                A turn in flight whose worker is gone (lease expired) is finished first.
+            background: start the turn with ``background: true`` and return at once with an
+                :class:`PendingTurn` (``wait()``, ``cancel()``, ``stream()``); any process
+                can finish it. Not for stateless conversations (the API keeps nothing there).
+            auto_continue: continue an answer that stopped at the decode limit
+                (``requires_continuation``) and commit the hops as one turn (default: the
+                ``Conversations`` setting, on).
 
         Raises:
             ValidationError: bad input, before anything is sent or written.
             ConversationNotFound: the conversation is gone (or another tenant's).
             ConcurrentTurnError: another writer won and ``on_conflict="raise"``.
+            TurnInFlight: a turn is in flight and ``in_flight="reject"``.
+            InteractionFailed: the API answered ``failed`` or ``cancelled``; nothing committed.
             APIError: the API failed; nothing was committed.
         """
         new_steps = planner.check_send_args(input, idempotency_key, on_conflict)
+        planner.check_turn_options(in_flight=in_flight, background=background)
         attempt = 0
         while True:
             prepared = self._prepare(new_steps, idempotency_key)
             if isinstance(prepared, Turn):
                 return prepared
-            interaction, decision = self._create(prepared)
+            machine = self._plan(
+                prepared, idempotency_key, background=background, auto_continue=auto_continue
+            )
             try:
-                return self._commit(prepared, decision, interaction, idempotency_key)
+                result = TurnDriver(self).drive(machine, machine.start())
+            except TurnInFlight as exc:
+                self._in_flight(exc.pending, in_flight)
+                continue
             except ConcurrentTurnError:
                 attempt += 1
                 if on_conflict != "retry" or attempt > max_conflict_retries:
                     raise
                 logger.info("conversation %s: conflict, re-planning (%d)", self.id, attempt)
                 time.sleep(planner.conflict_delay(attempt))
+                continue
+            if isinstance(result, PendingTurnRecord):
+                return PendingTurn(self, result)
+            assert isinstance(result, Turn)
+            return result
 
-    def stream(self, input: Any, *, idempotency_key: str | None = None) -> TurnStream:
+    def stream(
+        self,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        in_flight: InFlight = "reject",
+        auto_continue: bool | None = None,
+    ) -> TurnStream:
         """Send one user turn and stream the answer as it arrives.
 
         Use as ``with conv.stream(text) as events: for event in events: ...``.
-        The turn is committed when the stream completes (then ``events.turn`` is set). A stream
-        that is cut, ends in an error event, or is left early commits nothing.
+        The turn is committed when the stream completes (then ``events.turn`` is set); an
+        answer continued over several requests keeps streaming across them. A stream that is
+        cut (and cannot be resumed from a checkpoint), ends in an error event, or is left early
+        commits nothing.
         """
         new_steps = planner.check_send_args(input, idempotency_key, "raise")
-        return TurnStream(self, new_steps, idempotency_key)
+        planner.check_turn_options(in_flight=in_flight, background=False)
+        return TurnStream(self, new_steps, idempotency_key, in_flight, auto_continue)
+
+    def pending(self) -> PendingTurn | None:
+        """The turn in flight on this conversation, if any (e.g. a background turn started by
+        another process)."""
+        found = self._store.get_pending(self.id, tenant=self.tenant)
+        return None if found is None else PendingTurn(self, found)
 
     def _prepare(
         self, new_steps: list[JSONObject], idempotency_key: str | None
@@ -152,77 +231,89 @@ class Conversation:
         decision = planner.decide(record, policy=self._owner.policy, now=utcnow())
         return _Prepared(record, decision, new_steps)
 
-    def _body(self, prepared: _Prepared, decision: planner.Decision) -> JSONObject:
+    def _plan(
+        self,
+        prepared: _Prepared,
+        idempotency_key: str | None,
+        *,
+        background: bool,
+        auto_continue: bool | None,
+    ) -> lifecycle.TurnLifecycle:
+        owner, decision = self._owner, prepared.decision
+        if background and not decision.store:
+            raise ValidationError(
+                "background turns need the server to keep the interaction (store: true); "
+                "this conversation is stateless"
+            )
+        body = self._body(prepared.record, decision, prepared.new_steps)
+        if background and owner.webhook_uris:
+            body["webhook_config"] = planner.webhook_config(owner.webhook_uris, prepared.record)
+        now = utcnow()
+        return lifecycle.TurnLifecycle.plan(
+            prepared.record,
+            decision,
+            new_steps=prepared.new_steps,
+            body=body,
+            idempotency_key=idempotency_key or planner.new_turn_key(),
+            owner=owner.owner_id,
+            now=now,
+            # a background turn is held by nobody: whoever polls, waits or receives its
+            # webhook may finish it
+            lease=timedelta(0) if background else owner.lease,
+            background=background,
+            auto_continue=owner.auto_continue if auto_continue is None else auto_continue,
+        )
+
+    def _body(
+        self,
+        record: ConversationRecord,
+        decision: planner.Decision,
+        new_steps: list[JSONObject],
+    ) -> JSONObject:
         history: list[JSONObject] = []
         if decision.needs_history:
             stored = self._store.load_steps(self.id, tenant=self.tenant)
             history = [s.payload for s in stored]
-        return planner.plan_request(
-            prepared.record, decision, new_steps=prepared.new_steps, history=history
-        )
+        return planner.plan_request(record, decision, new_steps=new_steps, history=history)
 
-    def _chain_broken(self, prepared: _Prepared, exc: APIError) -> planner.Decision:
-        logger.warning(
-            "conversation %s: head %s is gone on the server (%s); replaying the local history",
-            self.id,
-            prepared.decision.previous_interaction_id,
-            exc,
-        )
-        return planner.decide(
-            prepared.record, policy=self._owner.policy, now=utcnow(), chain_broken=True
-        )
-
-    def _create(self, prepared: _Prepared) -> tuple[Interaction, planner.Decision]:
-        decision = prepared.decision
-        try:
-            body = self._body(prepared, decision)
-            return self._client._create_checked(body), decision
-        except (NotFoundError, BadRequestError) as exc:
-            if decision.previous_interaction_id is None:
-                raise
-            decision = self._chain_broken(prepared, exc)
-        body = self._body(prepared, decision)
-        return self._client._create_checked(body), decision
-
-    def _commit(
-        self,
-        prepared: _Prepared,
-        decision: planner.Decision,
-        interaction: Interaction,
-        idempotency_key: str | None,
-    ) -> Turn:
-        commit = planner.commit_turn(
-            prepared.record,
-            decision,
-            new_steps=prepared.new_steps,
-            interaction_id=interaction.id,
-            status=interaction.status,
-            response_steps=interaction.steps,
-            usage=to_wire(interaction.usage) if interaction.usage is not None else None,
-            now=utcnow(),
-            idempotency_key=idempotency_key,
-        )
-        try:
-            result = self._store.append_turn(commit)
-        except (ConcurrentTurnError, ConversationNotFound):
-            # certainly not stored: a lost race, or the conversation was deleted (erased)
-            # while the request was in flight. Its interaction must not stay on the server.
-            self._discard(decision, interaction)
-            raise
-        if not result.created:
-            self._discard(decision, interaction)
-            return self._stored_turn(result.turn, replayed=True)
-        self._record = commit.record
-        return planner.turn_result(commit.turn, [s.payload for s in commit.steps], replayed=False)
-
-    def _discard(self, decision: planner.Decision, interaction: Interaction) -> None:
-        """Best effort: delete an interaction the server stored for a turn that lost a race,
-        so the server keeps no second chain."""
-        if decision.store and interaction.id:
+    def _in_flight(self, pending: PendingTurnRecord, policy: InFlight) -> None:
+        """Another turn is in flight: finish it if its worker is gone, else apply the policy.
+        Returns when a new attempt may begin."""
+        expired = pending.lease_expires_at <= utcnow()
+        if policy == "cancel" and pending.background and pending.interaction_id:
             try:
-                self._client.delete(interaction.id)
-            except APIError as exc:
-                logger.info("could not delete orphaned interaction %s: %s", interaction.id, exc)
+                self._client.cancel(pending.interaction_id)
+            except APIError as exc:  # already finished: it is committed below instead
+                logger.info("could not cancel %s: %s", pending.interaction_id, exc)
+            if self._take_over(pending, wait=True) is None:
+                return
+        elif expired and self._take_over(pending, wait=policy == "wait") is None:
+            return
+        if policy == "wait":
+            time.sleep(self._owner.poll_delay(1))
+            return
+        raise TurnInFlight(self.id, pending=pending)
+
+    def _take_over(
+        self, pending: PendingTurnRecord, *, wait: bool
+    ) -> PendingTurnRecord | None:
+        """Claim a turn in flight and finish it. Returns its record while it still runs."""
+        now = utcnow()
+        claimed = self._store.claim_pending(
+            self.id,
+            tenant=self.tenant,
+            owner=self._owner.owner_id,
+            now=now,
+            lease_expires_at=now + self._owner.lease,
+        )
+        if claimed is None:  # nothing in flight any more, or another worker holds it
+            return self._store.get_pending(self.id, tenant=self.tenant)
+        try:
+            result = TurnDriver(self).resolve(claimed, wait=wait)
+        except InteractionFailed as exc:
+            logger.info("conversation %s: the turn in flight ended: %s", self.id, exc)
+            return None
+        return result if isinstance(result, PendingTurnRecord) else None
 
     def _stored_turn(self, turn: TurnRecord, *, replayed: bool) -> Turn:
         steps = self._store.load_steps(self.id, tenant=self.tenant, turn=turn.seq)
@@ -309,42 +400,81 @@ class Conversation:
 
 class TurnStream:
     """A streamed turn: iterate the API's events; ``turn`` is set once the stream completed
-    and the turn was committed. Leaving early, a cut or an error event commits nothing."""
+    and the turn was committed. Leaving early, a cut or an error event commits nothing (a cut
+    after a checkpoint is resumed from it, and an answer stopped at the decode limit streams on
+    from the next request)."""
 
     def __init__(
-        self, conversation: Conversation, new_steps: list[JSONObject], key: str | None
+        self,
+        conversation: Conversation,
+        new_steps: list[JSONObject],
+        key: str | None,
+        in_flight: InFlight,
+        auto_continue: bool | None,
     ) -> None:
         self._conversation = conversation
         self._new_steps = new_steps
         self._key = key
-        self._prepared: _Prepared | None = None
-        self._decision: planner.Decision | None = None
+        self._in_flight = in_flight
+        self._auto_continue = auto_continue
+        self._driver = TurnDriver(conversation)
+        self._machine: lifecycle.TurnLifecycle | None = None
         self._api: Any = None
+        self._body: JSONObject | None = None
+        self._resumes = 0
         self.turn: Turn | None = None
 
     def __enter__(self) -> TurnStream:
         conv = self._conversation
-        prepared = conv._prepare(self._new_steps, self._key)
-        if isinstance(prepared, Turn):
-            self.turn = prepared
-            return self
-        self._prepared = prepared
-        decision = prepared.decision
-        try:
-            self._api = self._open(prepared, decision)
-        except (NotFoundError, BadRequestError) as exc:
-            if decision.previous_interaction_id is None:
-                raise
-            decision = conv._chain_broken(prepared, exc)
-            self._api = self._open(prepared, decision)
-        self._decision = decision
+        while True:
+            prepared = conv._prepare(self._new_steps, self._key)
+            if isinstance(prepared, Turn):
+                self.turn = prepared
+                return self
+            machine = conv._plan(
+                prepared, self._key, background=False, auto_continue=self._auto_continue
+            )
+            self._machine = machine
+            try:
+                effect = self._until_send(machine.start())
+            except TurnInFlight as exc:
+                conv._in_flight(exc.pending, self._in_flight)
+                continue
+            break
+        assert isinstance(effect, lifecycle.Send)
+        self._open(effect.body)
         return self
 
-    def _open(self, prepared: _Prepared, decision: planner.Decision) -> Any:
-        body = self._conversation._body(prepared, decision)
-        api = self._conversation._client._stream_checked(body)
-        api.__enter__()
-        return api
+    def _until_send(self, effect: lifecycle.Effect) -> lifecycle.Send | None:
+        """Perform effects up to the next request; None once the turn is committed."""
+        assert self._machine is not None
+        while not isinstance(effect, lifecycle.Send):
+            if isinstance(effect, lifecycle.Poll | lifecycle.Wait):
+                result = self._driver.drive(self._machine, effect)
+                assert isinstance(result, Turn)
+                self.turn = result
+                return None
+            done, result = self._driver.perform(self._machine, effect)
+            if done:
+                self.turn = result
+                return None
+            effect = result
+        return effect
+
+    def _open(self, body: JSONObject) -> None:
+        machine = self._machine
+        assert machine is not None
+        while True:
+            api = self._conversation._client._stream_checked(body)
+            try:
+                api.__enter__()
+            except APIError as exc:
+                effect = self._until_send(machine.api_error(exc, now=utcnow()))
+                assert effect is not None
+                body = effect.body
+                continue
+            self._api, self._body = api, body
+            return
 
     def __exit__(
         self,
@@ -354,6 +484,10 @@ class TurnStream:
     ) -> None:
         if self._api is not None:
             self._api.__exit__(exc_type, exc, tb)
+        machine = self._machine
+        if machine is not None and not machine.done and self.turn is None:
+            # left early, or broken: nothing is committed, and nothing stays on the server
+            self._driver.release(machine.abandoned())
 
     def __iter__(self) -> TurnStream:
         return self
@@ -361,17 +495,136 @@ class TurnStream:
     def __next__(self) -> Any:
         if self._api is None or self.turn is not None:
             raise StopIteration
-        try:
-            return self._api.__next__()
-        except StopIteration:
-            assert self._prepared is not None and self._decision is not None
-            self.turn = self._conversation._commit(
-                self._prepared, self._decision, self._api.interaction, self._key
-            )
-            raise
+        machine = self._machine
+        assert machine is not None
+        owner = self._conversation._owner
+        while True:
+            try:
+                event = self._api.__next__()
+            except StopIteration:
+                interaction = self._api.interaction
+                effect = machine.answered(interaction, now=utcnow(), lease=owner.lease)
+                send = self._until_send(effect)
+                if send is None:
+                    raise
+                self._open(send.body)
+                continue
+            except StreamError:
+                resume = self._resume_body()
+                if resume is None:
+                    raise
+                self._open(resume)
+                continue
+            if isinstance(event, InteractionCreatedEvent) and machine.pending.store:
+                interaction_id = event.interaction.id
+                if interaction_id and interaction_id not in machine.pending.hop_ids:
+                    pending = machine.started(interaction_id, now=utcnow(), lease=owner.lease)
+                    self._conversation._store.update_pending(pending, owner=owner.owner_id)
+            return event
+
+    def _resume_body(self) -> JSONObject | None:
+        """The request that resumes a cut stream from its last checkpoint, as the SDK does
+        (at most ``MAX_RESUMES`` times without progress), or None."""
+        checkpoint = getattr(self._api, "checkpoint", None)
+        machine = self._machine
+        if checkpoint is None or machine is None or self._body is None:
+            return None
+        token, owner_id, content_since = checkpoint
+        if not token or content_since or self._resumes >= MAX_RESUMES:
+            return None
+        self._resumes += 1
+        return continuation_body(
+            machine.body or self._body, token=token, owner_id=owner_id, store=machine.pending.store
+        )
 
     def text_deltas(self) -> Iterator[str]:
         """Only the text as it arrives."""
         for event in self:
             if isinstance(event, StepDeltaEvent) and isinstance(event.delta, TextDelta):
                 yield event.delta.text
+
+
+class PendingTurn:
+    """A turn in flight (a background turn): ``wait()`` for it, ``cancel()`` it, or
+    ``stream()`` it. Any process can finish it: get it back with ``conversation.pending()``
+    or ``Conversations.pending()``."""
+
+    def __init__(self, conversation: Conversation, record: PendingTurnRecord) -> None:
+        self.conversation = conversation
+        self.record = record
+
+    def __repr__(self) -> str:
+        r = self.record
+        return f"<PendingTurn {r.conversation_id} seq={r.seq} {r.state} {r.interaction_id}>"
+
+    @property
+    def interaction_id(self) -> str | None:
+        return self.record.interaction_id
+
+    @property
+    def seq(self) -> int:
+        return self.record.seq
+
+    def wait(self, *, timeout: float | None = None) -> Turn:
+        """Poll until the answer is finished, commit it, and return the turn (or the turn
+        another worker committed for it).
+
+        Raises:
+            InteractionFailed: it failed or was cancelled (nothing committed).
+            TimeoutError: still running after ``timeout`` seconds (it stays pending).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conv = self.conversation
+        key = self.record.idempotency_key
+        while True:
+            done = conv._store.find_turn(conv.id, tenant=conv.tenant, idempotency_key=key)
+            if done is not None:
+                return conv._stored_turn(done, replayed=False)
+            running = conv._take_over(self.record, wait=False)
+            if running is not None:
+                self.record = running
+            else:
+                done = conv._store.find_turn(conv.id, tenant=conv.tenant, idempotency_key=key)
+                if done is not None:
+                    return conv._stored_turn(done, replayed=False)
+                if conv._store.get_pending(conv.id, tenant=conv.tenant) is None:
+                    raise InteractionFailed(
+                        interaction_id=self.record.interaction_id, status="cancelled", errors=[]
+                    )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"turn {self.record.seq} of {conv.id} is still running")
+            time.sleep(conv._owner.poll_delay(2))
+
+    def cancel(self) -> None:
+        """Cancel it on the server; nothing is committed (an answer that finished first is
+        committed instead)."""
+        conv = self.conversation
+        if self.record.interaction_id:
+            try:
+                conv._client.cancel(self.record.interaction_id)
+            except APIError as exc:
+                logger.info("could not cancel %s: %s", self.record.interaction_id, exc)
+        conv._take_over(self.record, wait=True)
+
+    def stream(self) -> Iterator[Any]:
+        """The answer's events as the server produces them (``GET …?stream=true``, resumed
+        with ``last_event_id`` after a cut); the turn is committed when it completes."""
+        conv = self.conversation
+        interaction_id = self.record.interaction_id
+        if interaction_id is None:
+            raise ValidationError("this turn has no interaction id yet")
+        last_event_id: str | None = None
+        for _ in range(MAX_RESUMES + 1):
+            try:
+                events = conv._client.get(
+                    interaction_id, stream=True, last_event_id=last_event_id
+                )
+                with events:
+                    for event in events:
+                        last_event_id = getattr(event, "event_id", None) or last_event_id
+                        yield event
+                break
+            except StreamError:
+                if last_event_id is None:
+                    raise
+        self.wait()

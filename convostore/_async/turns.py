@@ -1,0 +1,259 @@
+"""The effects of a turn's lifecycle (``convostore._core.lifecycle``), performed.
+
+The machine decides; this module writes the store, calls the API and feeds the results back.
+It also resolves a turn whose commit outcome it did not see (the connection dropped during
+COMMIT): by the idempotency key, before anything is raised, so a caller never gets "outcome
+unknown".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .._core import lifecycle, planner
+from .._exceptions import (
+    APIError,
+    ConcurrentTurnError,
+    ConversationNotFound,
+    CorruptRecordError,
+    EncryptionError,
+    LeaseLost,
+    NotFoundError,
+    StoreError,
+)
+from ..models import (
+    AppendResult,
+    PendingTurnRecord,
+    Turn,
+    TurnCommit,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from .conversation import AsyncConversation
+    from .conversations import AsyncConversations
+
+logger = logging.getLogger("convostore.turns")
+
+COMMIT_RETRIES = 8
+"""How often a commit whose outcome was not seen is looked up (and re-sent) before giving up;
+the pending record stays, so recovery still adopts the answer after that."""
+OUTBOX_BACKOFF = timedelta(seconds=30)
+
+
+class Running(Exception):
+    """Internal: the turn is still running on the server and the caller did not want to wait."""
+
+    def __init__(self, pending: PendingTurnRecord) -> None:
+        self.pending = pending
+
+
+class AsyncTurnDriver:
+    """Performs one conversation's lifecycle effects."""
+
+    def __init__(self, conversation: AsyncConversation) -> None:
+        self.conv = conversation
+        self.owner: AsyncConversations = conversation._owner
+        self.store = conversation._store
+        self.client = conversation._client
+
+    # ------------------------------------------------------------ the loop
+
+    async def drive(
+        self, machine: lifecycle.TurnLifecycle, effect: lifecycle.Effect, *, wait: bool = True
+    ) -> Turn | PendingTurnRecord | None:
+        """Perform effects until the turn is committed (the ``Turn``), handed back running
+        (its ``PendingTurnRecord``: background, or ``wait=False``), or given up (raised; a
+        lost turn returns None)."""
+        polls = 0
+        while True:
+            if isinstance(effect, lifecycle.Send):
+                effect = await self.send(machine, effect.body)
+            elif isinstance(effect, lifecycle.Poll):
+                if polls and not wait:
+                    raise Running(machine.pending)
+                effect = await self.poll(machine, effect.interaction_id, polls)
+                polls += 1
+            elif isinstance(effect, lifecycle.Wait):
+                return effect.pending
+            else:
+                done, result = await self.perform(machine, effect)
+                if done:
+                    assert result is None or isinstance(result, Turn)
+                    return result
+                effect = result
+
+    async def perform(
+        self, machine: lifecycle.TurnLifecycle, effect: lifecycle.Effect
+    ) -> tuple[bool, Any]:
+        """Every effect but Send/Poll/Wait (which the unary and streaming paths do their
+        own way). Returns (done, result) or (False, next effect)."""
+        if isinstance(effect, lifecycle.Begin):
+            await self.store.begin_turn(effect.pending)
+            return False, machine.begun()
+        if isinstance(effect, lifecycle.Replan):
+            await self.store.release_pending(
+                machine.pending.conversation_id,
+                tenant=machine.pending.tenant,
+                idempotency_key=machine.pending.idempotency_key,
+            )
+            decision = planner.decide(
+                machine.record, policy=self.owner.policy, now=utcnow(), chain_broken=True
+            )
+            logger.warning(
+                "conversation %s: head %s is gone on the server; replaying the local history",
+                machine.record.id,
+                machine.decision.previous_interaction_id,
+            )
+            body = await self.conv._body(machine.record, decision, machine.pending.input_steps)
+            return False, machine.replanned(decision, body)
+        if isinstance(effect, lifecycle.Record):
+            await self.store.update_pending(effect.pending, owner=self.owner.owner_id)
+            return False, machine.recorded()
+        if isinstance(effect, lifecycle.Commit):
+            return True, await self.commit(machine, effect.commit)
+        if isinstance(effect, lifecycle.Release):
+            await self.release(effect)
+            if effect.error is not None:
+                raise effect.error
+            return True, None
+        raise lifecycle.LifecycleError(f"no driver for {effect!r}")  # pragma: no cover
+
+    async def send(
+        self, machine: lifecycle.TurnLifecycle, body: dict[str, Any]
+    ) -> lifecycle.Effect:
+        try:
+            interaction = await self.client._create_checked(body)
+        except APIError as exc:
+            return machine.api_error(exc, now=utcnow())
+        return machine.answered(interaction, now=utcnow(), lease=self.owner.lease)
+
+    async def poll(
+        self, machine: lifecycle.TurnLifecycle, interaction_id: str, polls: int
+    ) -> lifecycle.Effect:
+        if polls:
+            await asyncio.sleep(self.owner.poll_delay(polls))
+        try:
+            interaction = await self.client.get(interaction_id)
+        except APIError as exc:
+            return machine.api_error(exc, now=utcnow())
+        return machine.answered(interaction, now=utcnow(), lease=self.owner.lease)
+
+    # ------------------------------------------------------------ commit and release
+
+    async def commit(self, machine: lifecycle.TurnLifecycle, commit: TurnCommit) -> Turn:
+        try:
+            result = await self.append(commit)
+        except (ConcurrentTurnError, ConversationNotFound) as exc:
+            # certainly not stored: the conversation moved on (or was erased) while the turn
+            # was in flight. Its interaction must not stay on the server.
+            release = machine.conflict(exc, now=utcnow())
+            assert isinstance(release, lifecycle.Release)
+            await self.release(release, pending_gone=isinstance(exc, ConversationNotFound))
+            raise
+        machine.committed()
+        if not result.created:
+            stored = result.turn
+            if stored.status == lifecycle.LOST_STATUS and stored.interaction_id != (
+                commit.turn.interaction_id
+            ):
+                # another worker gave this turn up as lost while this one was still waiting
+                await self.discard(machine._stored_ids())
+                raise LeaseLost(commit.record.id, idempotency_key=machine.pending.idempotency_key)
+            return await self.conv._stored_turn(stored, replayed=False)
+        self.conv._record = commit.record
+        payloads = [s.payload for s in commit.steps]
+        return planner.turn_result(commit.turn, payloads, replayed=False)
+
+    async def append(self, commit: TurnCommit) -> AppendResult:
+        """``append_turn``, with its outcome always known: a commit whose reply was lost is
+        looked up by its idempotency key, and re-sent only when it is not there."""
+        key = commit.turn.idempotency_key
+        attempt = 0
+        while True:
+            try:
+                return await self.store.append_turn(commit)
+            except (ConcurrentTurnError, ConversationNotFound, CorruptRecordError):
+                raise
+            except EncryptionError:
+                raise
+            except StoreError as exc:
+                attempt += 1
+                if key is None or attempt > COMMIT_RETRIES:
+                    raise
+                logger.warning(
+                    "conversation %s: commit outcome unknown (%s); looking it up by key",
+                    commit.record.id,
+                    exc,
+                )
+            await asyncio.sleep(planner.conflict_delay(attempt))
+            try:
+                found = await self.store.find_turn(
+                    commit.record.id, tenant=commit.record.tenant, idempotency_key=key
+                )
+            except StoreError:
+                continue
+            if found is not None:
+                return AppendResult(turn=found, created=found.audit_hash == commit.turn.audit_hash)
+
+    async def release(self, effect: lifecycle.Release, *, pending_gone: bool = False) -> None:
+        pending = effect.pending
+        if effect.lost is not None:
+            try:
+                await self.append(effect.lost)
+                pending_gone = True
+            except (ConcurrentTurnError, ConversationNotFound):
+                pass  # the conversation moved again (or is gone): only the record is dropped
+            logger.warning(
+                "conversation %s: turn %d (key %s) recorded as lost",
+                pending.conversation_id,
+                pending.seq,
+                pending.idempotency_key,
+            )
+        if not pending_gone:
+            await self.store.release_pending(
+                pending.conversation_id,
+                tenant=pending.tenant,
+                idempotency_key=pending.idempotency_key,
+            )
+        await self.discard(effect.discard)
+
+    async def discard(self, interaction_ids: Sequence[str]) -> None:
+        """Delete interactions the server keeps for a turn that will never be committed, through
+        the outbox (a failed deletion is retried by ``recover``)."""
+        if interaction_ids:
+            await self.owner._run_outbox(
+                self.owner._outbox_items(self.conv.tenant, self.conv.id, interaction_ids)
+            )
+
+    # ------------------------------------------------------------ taking over
+
+    async def resolve(
+        self, pending: PendingTurnRecord, *, wait: bool
+    ) -> Turn | PendingTurnRecord | None:
+        """Finish a turn in flight that this worker holds the lease of (claimed, or its own
+        background turn): adopt what the server answered, continue it, or record it lost."""
+        record = await self.conv.refresh()
+        machine = lifecycle.TurnLifecycle.resume(
+            record, pending, auto_continue=self.owner.auto_continue
+        )
+        for hop in pending.hop_ids[:-1]:
+            try:
+                machine.hops.append(await self.client.get(hop))
+            except NotFoundError:
+                break
+        machine.body = {
+            "model": pending.model,
+            **pending.config,
+            "input": pending.input_steps,
+            "store": pending.store,
+        }
+        effect = machine.recover(now=utcnow(), conversation=record)
+        try:
+            return await self.drive(machine, effect, wait=wait)
+        except Running as running:
+            return running.pending
