@@ -146,7 +146,8 @@ class TurnInFlight(StoreError):
         self.pending = pending
         super().__init__(
             f"conversation {conversation_id!r} has a turn in flight "
-            f"(seq {getattr(pending, 'seq', '?')}, key {getattr(pending, 'idempotency_key', '?')!r})"
+            f"(seq {getattr(pending, 'seq', '?')}, "
+            f"key {getattr(pending, 'idempotency_key', '?')!r})"
         )
 
 

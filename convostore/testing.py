@@ -871,7 +871,7 @@ class StoreConformance(_Divergences):
             lease_expires_at=datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=paris),
             created_at=datetime(2030, 1, 2, 3, 4, 5, 654321, tzinfo=UTC),
         )
-        assert store.begin_turn(pending) is None
+        store.begin_turn(pending)
         stored = store.get_pending(record.id, tenant=record.tenant)
         assert stored == pending
         assert stored is not None

@@ -53,6 +53,7 @@ __all__ = [
     "check_new_conversation",
     "check_outbox_ids",
     "check_outbox_items",
+    "check_owner",
     "check_pending",
     "check_pending_key",
     "check_purge",
@@ -621,6 +622,11 @@ def check_pending(pending: object) -> PendingTurnRecord:
     for name in ("lease_expires_at", "created_at", "updated_at"):
         _check_aware(getattr(pending, name), name)
     return pending
+
+
+def check_owner(owner: object) -> str:
+    """Check a lease owner (an id)."""
+    return check_id(owner, "lease owner")
 
 
 def check_pending_key(conversation_id: object, tenant: object, idempotency_key: object) -> None:

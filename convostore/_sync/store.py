@@ -184,9 +184,7 @@ class Store(Protocol):
         """
         ...
 
-    def get_pending(
-        self, conversation_id: str, *, tenant: str
-    ) -> PendingTurnRecord | None:
+    def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
         """The conversation's turn in flight, if any (None also when the conversation is
         missing or another tenant's)."""
         ...
