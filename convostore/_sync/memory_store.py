@@ -74,7 +74,9 @@ def _step_text(payload: JSONObject) -> str:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False)
 
 
-def _pending(conv: _Conversation | None, tenant: str, key: str | None = None) -> PendingTurnRecord | None:
+def _pending(
+    conv: _Conversation | None, tenant: str, key: str | None = None
+) -> PendingTurnRecord | None:
     if conv is None or conv.tenant != tenant or conv.pending is None:
         return None
     pending = PendingTurnRecord.model_validate_json(conv.pending)
