@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 import pytest
@@ -40,12 +40,16 @@ from ._exceptions import (
     ConcurrentTurnError,
     ConversationExists,
     ConversationNotFound,
+    LeaseLost,
+    TurnInFlight,
     ValidationError,
 )
 from ._sync.store import Store
 from .models import (
     ConversationRecord,
     JSONObject,
+    OutboxItem,
+    PendingTurnRecord,
     Reason,
     StoredStep,
     TurnCommit,
@@ -58,6 +62,8 @@ __all__ = [
     "StoreConformance",
     "add_turn",
     "make_commit",
+    "make_outbox_item",
+    "make_pending",
     "make_record",
     "model_step",
     "new_id",
@@ -144,6 +150,42 @@ def make_commit(
         for offset, payload in enumerate(payloads)
     ]
     return TurnCommit(record=after, turn=turn, steps=steps)
+
+
+def make_pending(record: ConversationRecord, **fields: Any) -> PendingTurnRecord:
+    """A turn in flight planned against ``record`` (``fields`` override anything)."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "conversation_id": record.id,
+        "tenant": record.tenant,
+        "seq": record.turn_count + 1,
+        "planned_version": record.version,
+        "idempotency_key": new_id("k"),
+        "mode_used": "server",
+        "reason": Reason.CHAINED if record.turn_count else Reason.FIRST_TURN,
+        "model": record.model,
+        "store": True,
+        "previous_interaction_id": record.head_interaction_id,
+        "input_steps": [user_step("Grüße, 世界! 🎉 ünïcödé"), {"type": "x", "n": [1, 2.5, None]}],
+        "config": {"system_instruction": "Be brief. 🐈", "tools": [{"type": "t"}]},
+        "lease_owner": "worker-1",
+        "lease_expires_at": now + timedelta(minutes=5),
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(fields)
+    return PendingTurnRecord(**values)
+
+
+def make_outbox_item(tenant: str | None = None, **fields: Any) -> OutboxItem:
+    """An outbox item with fresh ids (``fields`` override anything)."""
+    values: dict[str, Any] = {
+        "id": new_id("o"),
+        "tenant": tenant or new_id("t"),
+        "target": f"v1_{uuid.uuid4().hex}",
+    }
+    values.update(fields)
+    return OutboxItem(**values)
 
 
 def user_step(text: str) -> JSONObject:
@@ -812,6 +854,516 @@ class StoreConformance(_Divergences):
                 store.load_steps(record.id, tenant=record.tenant, **kwargs)
         store.append_turn(good)
 
+    # ------------------------------------------------------------- turns in flight
+
+    def test_begin_turn_writes_and_round_trips(self, store: Store) -> None:
+        record = add_turn(store, store.create_conversation(make_record()))
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        paris = timezone(timedelta(hours=2))
+        pending = make_pending(
+            record,
+            state="continuing",
+            background=True,
+            input_steps=[*VERBATIM_STEPS[:2], VERBATIM_STEPS[4]],
+            interaction_id="v1_hop2",
+            hop_ids=["v1_hop1", "v1_hop2"],
+            continuation_token="tok-ü",
+            lease_expires_at=datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=paris),
+            created_at=datetime(2030, 1, 2, 3, 4, 5, 654321, tzinfo=UTC),
+        )
+        store.begin_turn(pending)
+        stored = store.get_pending(record.id, tenant=record.tenant)
+        assert stored == pending
+        assert stored is not None
+        assert stored.lease_expires_at.utcoffset() is not None
+        assert stored.created_at.tzinfo is not None
+        assert isinstance(stored.input_steps[2]["float"], float)
+        assert isinstance(stored.input_steps[2]["int"], int)
+        assert stored.reason == pending.reason and stored.background is True
+        # the conversation itself is untouched
+        assert store.get_conversation(record.id, tenant=record.tenant) == record
+
+    def test_begin_turn_checks_version_seq_and_scope(self, store: Store) -> None:
+        record = add_turn(store, store.create_conversation(make_record()))
+        with pytest.raises(ConcurrentTurnError) as info:
+            store.begin_turn(make_pending(record, planned_version=record.version - 1))
+        assert info.value.actual_version == record.version
+        with pytest.raises(ValidationError):
+            store.begin_turn(make_pending(record, seq=record.turn_count + 2))
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        with pytest.raises(ConversationNotFound):
+            store.begin_turn(make_pending(make_record()))
+        intruder = record.model_copy(update={"tenant": new_id("t")})
+        with pytest.raises(ConversationNotFound):
+            store.begin_turn(make_pending(intruder))
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+
+    def test_second_begin_raises_turn_in_flight(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        first = make_pending(record)
+        store.begin_turn(first)
+        for second in (
+            make_pending(record, lease_owner="worker-2"),
+            make_pending(record, planned_version=7),  # in flight is checked first
+            first,
+        ):
+            with pytest.raises(TurnInFlight) as info:
+                store.begin_turn(second)
+            assert info.value.pending == first
+            assert info.value.conversation_id == record.id
+        assert store.get_pending(record.id, tenant=record.tenant) == first
+
+    def test_update_pending_writes_progress_only(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        later = pending.updated_at + timedelta(seconds=3)
+        progress = pending.model_copy(
+            update={
+                "state": "sent",
+                "interaction_id": "v1_a",
+                "hop_ids": ["v1_a"],
+                "continuation_token": "c1",
+                "lease_expires_at": later + timedelta(minutes=5),
+                "updated_at": later,
+                # not progress: never written by update_pending
+                "seq": 99,
+                "model": "other-model",
+                "input_steps": [user_step("forged")],
+                "created_at": later,
+            }
+        )
+        store.update_pending(progress, owner="worker-1")
+        stored = store.get_pending(record.id, tenant=record.tenant)
+        expected = pending.model_copy(
+            update={
+                "state": "sent",
+                "interaction_id": "v1_a",
+                "hop_ids": ["v1_a"],
+                "continuation_token": "c1",
+                "lease_expires_at": later + timedelta(minutes=5),
+                "updated_at": later,
+            }
+        )
+        assert stored == expected
+        # back to no token
+        store.update_pending(
+            expected.model_copy(update={"continuation_token": None}), owner="worker-1"
+        )
+        again = store.get_pending(record.id, tenant=record.tenant)
+        assert again is not None and again.continuation_token is None
+
+    def test_update_pending_by_another_owner_or_after_the_end_is_lease_lost(
+        self, store: Store
+    ) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        sent = pending.model_copy(update={"state": "sent"})
+        with pytest.raises(LeaseLost) as info:
+            store.update_pending(sent, owner="worker-2")
+        assert isinstance(info.value, ConcurrentTurnError)
+        assert info.value.idempotency_key == pending.idempotency_key
+        with pytest.raises(LeaseLost):
+            store.update_pending(
+                sent.model_copy(update={"idempotency_key": "other"}), owner="worker-1"
+            )
+        with pytest.raises(LeaseLost):
+            store.update_pending(sent.model_copy(update={"tenant": new_id("t")}), owner="worker-1")
+        assert store.get_pending(record.id, tenant=record.tenant) == pending
+        # taken over by another worker
+        expired = pending.lease_expires_at + timedelta(seconds=1)
+        claimed = store.claim_pending(
+            record.id,
+            tenant=record.tenant,
+            owner="worker-2",
+            now=expired,
+            lease_expires_at=expired + timedelta(minutes=5),
+        )
+        assert claimed is not None
+        with pytest.raises(LeaseLost):
+            store.update_pending(sent, owner="worker-1")
+        # released
+        assert store.release_pending(
+            record.id, tenant=record.tenant, idempotency_key=pending.idempotency_key
+        )
+        with pytest.raises(LeaseLost):
+            store.update_pending(sent, owner="worker-2")
+        # committed
+        second = make_pending(record)
+        store.begin_turn(second)
+        add_turn(store, record, idempotency_key=second.idempotency_key)
+        with pytest.raises(LeaseLost):
+            store.update_pending(second, owner="worker-1")
+
+    def test_claim_pending(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        cid, tenant = record.id, record.tenant
+        now = utcnow()
+        assert (
+            store.claim_pending(
+                cid, tenant=tenant, owner="w2", now=now, lease_expires_at=now + timedelta(minutes=1)
+            )
+            is None
+        )
+        pending = make_pending(
+            record, lease_owner="w1", lease_expires_at=now + timedelta(minutes=1)
+        )
+        store.begin_turn(pending)
+        # another worker's live lease
+        live = store.claim_pending(
+            cid, tenant=tenant, owner="w2", now=now, lease_expires_at=now + timedelta(minutes=9)
+        )
+        assert live is None
+        assert store.get_pending(cid, tenant=tenant) == pending
+        # the holder renews its own
+        renewed = store.claim_pending(
+            cid, tenant=tenant, owner="w1", now=now, lease_expires_at=now + timedelta(minutes=2)
+        )
+        assert renewed == pending.model_copy(
+            update={"lease_expires_at": now + timedelta(minutes=2)}
+        )
+        # expired: taken over
+        later = now + timedelta(minutes=2)  # exactly at expiry counts as expired
+        claimed = store.claim_pending(
+            cid, tenant=tenant, owner="w2", now=later, lease_expires_at=later + timedelta(minutes=1)
+        )
+        assert claimed == pending.model_copy(
+            update={"lease_owner": "w2", "lease_expires_at": later + timedelta(minutes=1)}
+        )
+        assert store.get_pending(cid, tenant=tenant) == claimed
+        other = new_id("t")
+        far = later + timedelta(days=1)
+        assert (
+            store.claim_pending(cid, tenant=other, owner="w3", now=far, lease_expires_at=far)
+            is None
+        )
+        assert store.get_pending(cid, tenant=tenant) == claimed
+
+    def test_concurrent_claims_one_wins(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        now = utcnow()
+        store.begin_turn(make_pending(record, lease_expires_at=now - timedelta(seconds=1)))
+        workers = 4
+        barrier = threading.Barrier(workers)
+        outcomes: list[object] = []
+
+        def claim(owner: str) -> None:
+            barrier.wait()
+            try:
+                outcomes.append(
+                    store.claim_pending(
+                        record.id,
+                        tenant=record.tenant,
+                        owner=owner,
+                        now=now,
+                        lease_expires_at=now + timedelta(minutes=1),
+                    )
+                )
+            except Exception as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=claim, args=(f"w{n}",)) for n in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wins = [o for o in outcomes if isinstance(o, PendingTurnRecord)]
+        assert len(wins) == 1, outcomes
+        assert outcomes.count(None) == workers - 1, outcomes
+        stored = store.get_pending(record.id, tenant=record.tenant)
+        assert stored == wins[0]
+
+    def test_release_pending_is_idempotent(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        key = pending.idempotency_key
+        assert store.release_pending(record.id, tenant=record.tenant, idempotency_key="x") is False
+        assert store.release_pending(record.id, tenant=new_id("t"), idempotency_key=key) is False
+        assert store.get_pending(record.id, tenant=record.tenant) == pending
+        assert store.release_pending(record.id, tenant=record.tenant, idempotency_key=key) is True
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        assert store.release_pending(record.id, tenant=record.tenant, idempotency_key=key) is False
+        missing = make_record()
+        assert (
+            store.release_pending(missing.id, tenant=missing.tenant, idempotency_key=key) is False
+        )
+        # the conversation is free for the next turn
+        store.begin_turn(make_pending(record))
+
+    def test_append_replaces_its_pending_turn(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        key = pending.idempotency_key
+        # other appends leave it: no key, another key, a stale version with its key
+        stale = make_commit(record, [user_step("late")], idempotency_key=key)
+        record = add_turn(store, record)
+        record = add_turn(store, record, idempotency_key="another")
+        with pytest.raises(ConcurrentTurnError):
+            store.append_turn(stale)
+        assert store.get_pending(record.id, tenant=record.tenant) == pending
+        # its own commit removes it, in the same write
+        record = add_turn(store, record, idempotency_key=key)
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        # a retried commit (created=False) removes a pending record carrying that key too
+        store.begin_turn(make_pending(record, idempotency_key=key))
+        retried = store.append_turn(make_commit(record, [user_step("again")], idempotency_key=key))
+        assert retried.created is False
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        assert store.get_conversation(record.id, tenant=record.tenant) == record
+
+    def test_delete_and_purge_remove_the_pending_turn(self, store: Store) -> None:
+        record = store.create_conversation(make_record(expires_at=utcnow() + timedelta(hours=1)))
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        assert store.delete_conversation(record.id, tenant=record.tenant) is True
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        assert [p for p in store.list_pending(tenant=record.tenant)] == []
+        again = store.create_conversation(make_record(id=record.id, tenant=record.tenant))
+        assert store.get_pending(again.id, tenant=again.tenant) is None
+        store.begin_turn(make_pending(again))  # nothing left in flight on the new one
+        doomed = store.create_conversation(make_record(expires_at=utcnow() + timedelta(hours=1)))
+        store.begin_turn(make_pending(doomed))
+        store.purge(now=utcnow() + timedelta(hours=2), tenant=doomed.tenant)
+        assert store.get_pending(doomed.id, tenant=doomed.tenant) is None
+        assert store.list_pending(tenant=doomed.tenant) == []
+
+    def test_list_pending(self, store: Store) -> None:
+        tenant, other = new_id("t"), new_id("t")
+        base = utcnow() - timedelta(minutes=10)
+        made = []
+        for n, (owner, lease) in enumerate([("a", -5), ("b", 5), ("c", -1), ("d", 5)]):
+            record = store.create_conversation(make_record(tenant=tenant))
+            pending = make_pending(
+                record,
+                lease_owner=owner,
+                lease_expires_at=base + timedelta(minutes=10 + lease),
+                created_at=base + timedelta(seconds=[3, 1, 2, 1][n]),
+            )
+            store.begin_turn(pending)
+            made.append(pending)
+        neighbour = store.create_conversation(make_record(tenant=other))
+        store.begin_turn(make_pending(neighbour, created_at=base))
+        ties = sorted([made[1], made[3]], key=lambda p: p.conversation_id)
+        listed = store.list_pending(tenant=tenant)
+        assert listed == [*ties, made[2], made[0]]
+        assert store.list_pending(tenant=tenant, limit=2) == ties
+        now = base + timedelta(minutes=10)
+        assert store.list_pending(tenant=tenant, expired_at=now) == [made[2], made[0]]
+        assert store.list_pending(tenant=tenant, expired_at=base) == []
+        everyone = [p.conversation_id for p in store.list_pending(tenant=None, limit=1000)]
+        ours = [p.conversation_id for p in [*ties, made[2], made[0]]]
+        assert [c for c in everyone if c in ours] == ours
+        assert neighbour.id in everyone
+        assert store.list_pending(tenant=new_id("t")) == []
+        for bad_limit in (0, -1, 1001, "5"):
+            with pytest.raises(ValidationError):
+                store.list_pending(tenant=tenant, limit=bad_limit)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            store.list_pending(tenant=tenant, expired_at=datetime(2030, 1, 1))
+
+    def test_pending_tenant_isolation(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        other = new_id("t")
+        assert store.get_pending(record.id, tenant=other) is None
+        assert store.list_pending(tenant=other) == []
+        assert (
+            store.release_pending(record.id, tenant=other, idempotency_key=pending.idempotency_key)
+            is False
+        )
+        now = pending.lease_expires_at + timedelta(hours=1)
+        assert (
+            store.claim_pending(record.id, tenant=other, owner="w9", now=now, lease_expires_at=now)
+            is None
+        )
+        with pytest.raises(LeaseLost):
+            store.update_pending(pending.model_copy(update={"tenant": other}), owner="worker-1")
+        with pytest.raises(ConversationNotFound):
+            store.begin_turn(make_pending(record, tenant=other))
+        assert store.get_pending(record.id, tenant=record.tenant) == pending
+
+    @pytest.mark.parametrize("bad", BAD_IDS, ids=_ids(BAD_IDS))
+    def test_pending_bad_ids_are_rejected(self, store: Store, bad: Any) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        now = utcnow()
+        with pytest.raises(ValidationError):
+            store.get_pending(bad, tenant=record.tenant)
+        with pytest.raises(ValidationError):
+            store.get_pending(record.id, tenant=bad)
+        with pytest.raises(ValidationError):
+            store.claim_pending(record.id, tenant=bad, owner="w", now=now, lease_expires_at=now)
+        with pytest.raises(ValidationError):
+            store.claim_pending(
+                record.id, tenant=record.tenant, owner=bad, now=now, lease_expires_at=now
+            )
+        with pytest.raises(ValidationError):
+            store.release_pending(bad, tenant=record.tenant, idempotency_key="k")
+        with pytest.raises(ValidationError):
+            store.update_pending(pending, owner=bad)
+        if bad is not None:
+            with pytest.raises(ValidationError):
+                store.list_pending(tenant=bad)
+        for field in ("conversation_id", "tenant", "lease_owner"):
+            forged = PendingTurnRecord.model_construct(**{**pending.model_dump(), field: bad})
+            with pytest.raises(ValidationError):
+                store.begin_turn(forged)
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+
+    def test_pending_bad_values_are_rejected_before_writing(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        pending = make_pending(record)
+        now = utcnow()
+        for update in (
+            {"input_steps": [{"type": "x", "v": float("nan")}]},
+            {"input_steps": [{"type": "x", "v": "\ud800"}]},
+            {"input_steps": ["not an object"]},
+            {"config": {"v": object()}},
+            {"seq": 0},
+            {"seq": True},
+            {"planned_version": -1},
+            {"state": "done"},
+            {"idempotency_key": ""},
+            {"idempotency_key": "line\nbreak"},
+            {"hop_ids": [1]},
+            {"lease_expires_at": datetime(2030, 1, 1)},
+            {"created_at": "yesterday"},
+        ):
+            forged = PendingTurnRecord.model_construct(**{**dict(pending), **update})
+            with pytest.raises(ValidationError):
+                store.begin_turn(forged)
+        assert store.get_pending(record.id, tenant=record.tenant) is None
+        with pytest.raises(ValidationError):
+            store.begin_turn(record)  # type: ignore[arg-type]
+        store.begin_turn(pending)
+        forged = PendingTurnRecord.model_construct(
+            **{**dict(pending), "input_steps": [{"type": "x", "v": float("inf")}], "state": "sent"}
+        )
+        with pytest.raises(ValidationError):
+            store.update_pending(forged, owner="worker-1")
+        with pytest.raises(ValidationError):
+            store.claim_pending(
+                record.id,
+                tenant=record.tenant,
+                owner="w",
+                now=datetime(2030, 1, 1),
+                lease_expires_at=now,
+            )
+        with pytest.raises(ValidationError):
+            store.release_pending(record.id, tenant=record.tenant, idempotency_key="")
+        assert store.get_pending(record.id, tenant=record.tenant) == pending
+
+    # ------------------------------------------------------------- outbox
+
+    def test_outbox_add_list_update_remove(self, store: Store) -> None:
+        tenant, other = new_id("t"), new_id("t")
+        base = utcnow() - timedelta(minutes=1)
+        first = make_outbox_item(
+            tenant,
+            conversation_id=new_id(),
+            created_at=base,
+            next_attempt_at=base + timedelta(minutes=5),
+        )
+        second = make_outbox_item(
+            tenant,
+            created_at=base + timedelta(seconds=1),
+            next_attempt_at=base,
+            attempts=2,
+            last_error="HTTP 503: unavailable ü",
+        )
+        third = make_outbox_item(
+            tenant, created_at=base + timedelta(seconds=2), next_attempt_at=base
+        )
+        neighbour = make_outbox_item(other, created_at=base, next_attempt_at=base)
+        store.add_outbox([third, first])
+        store.add_outbox([second, neighbour])
+        store.add_outbox([])
+        assert store.list_outbox(tenant=tenant) == [first, second, third]
+        assert store.list_outbox(tenant=tenant, limit=2) == [first, second]
+        assert store.list_outbox(tenant=tenant, due_at=base) == [second, third]
+        assert store.list_outbox(tenant=tenant, due_at=base - timedelta(seconds=1)) == []
+        everyone = [item.id for item in store.list_outbox(tenant=None, limit=1000)]
+        assert {first.id, second.id, third.id, neighbour.id} <= set(everyone)
+        # an item added again is replaced
+        replaced = first.model_copy(update={"target": "v1_other", "next_attempt_at": base})
+        store.add_outbox([replaced])
+        assert store.list_outbox(tenant=tenant) == [replaced, second, third]
+        # a failed try: only attempts, last_error and next_attempt_at are written
+        retry = third.model_copy(
+            update={
+                "attempts": 1,
+                "last_error": "timeout",
+                "next_attempt_at": base + timedelta(hours=1),
+                "target": "v1_forged",
+            }
+        )
+        store.update_outbox(retry)
+        expected = third.model_copy(
+            update={
+                "attempts": 1,
+                "last_error": "timeout",
+                "next_attempt_at": base + timedelta(hours=1),
+            }
+        )
+        assert store.list_outbox(tenant=tenant) == [replaced, second, expected]
+        assert store.list_outbox(tenant=tenant, due_at=base) == [replaced, second]
+        store.remove_outbox([replaced.id, second.id, "o-never-added"])
+        store.remove_outbox([replaced.id])
+        assert store.list_outbox(tenant=tenant) == [expected]
+        store.update_outbox(replaced)  # removed meanwhile: a no-op
+        assert store.list_outbox(tenant=tenant) == [expected]
+        store.remove_outbox([expected.id, neighbour.id])
+        assert store.list_outbox(tenant=tenant) == []
+        assert store.list_outbox(tenant=other) == []
+
+    def test_outbox_survives_deleting_the_conversation(self, store: Store) -> None:
+        record = add_turn(store, store.create_conversation(make_record()))
+        item = make_outbox_item(
+            record.tenant, conversation_id=record.id, target=record.head_interaction_id
+        )
+        store.add_outbox([item])
+        assert store.delete_conversation(record.id, tenant=record.tenant)
+        assert store.list_outbox(tenant=record.tenant) == [item]
+        store.update_outbox(item.model_copy(update={"tenant": new_id("t"), "attempts": 5}))
+        assert store.list_outbox(tenant=record.tenant) == [item]  # another tenant's: no-op
+        store.remove_outbox([item.id])
+        assert store.list_outbox(tenant=record.tenant) == []
+
+    def test_outbox_bad_input_is_rejected_before_writing(self, store: Store) -> None:
+        tenant = new_id("t")
+        good = make_outbox_item(tenant)
+        for update in (
+            {"id": "bad id"},
+            {"tenant": "x'; DROP TABLE outbox; --"},
+            {"conversation_id": "{brace}"},
+            {"action": "explode"},
+            {"target": ""},
+            {"attempts": -1},
+            {"next_attempt_at": datetime(2030, 1, 1)},
+        ):
+            forged = OutboxItem.model_construct(**{**dict(good), **update})
+            with pytest.raises(ValidationError):
+                store.add_outbox([good, forged])
+            with pytest.raises(ValidationError):
+                store.update_outbox(forged)
+        with pytest.raises(ValidationError):
+            store.add_outbox(good)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            store.remove_outbox(["bad id"])
+        with pytest.raises(ValidationError):
+            store.remove_outbox("o-1")
+        with pytest.raises(ValidationError):
+            store.list_outbox(tenant="bad id")
+        with pytest.raises(ValidationError):
+            store.list_outbox(tenant=tenant, limit=0)
+        with pytest.raises(ValidationError):
+            store.list_outbox(tenant=tenant, due_at=datetime(2030, 1, 1))
+        assert store.list_outbox(tenant=tenant) == []
+
     # ------------------------------------------------------------- lifecycle
 
     def test_close_twice(self, store_factory: Callable[[], Store]) -> None:
@@ -898,5 +1450,60 @@ class AsyncStoreConformance(_Divergences):
                 await store.get_conversation("bad id", tenant=record.tenant)
             purged = await store.purge(tenant=other, older_than=utcnow())
             assert purged == []
+
+        run(body)
+
+    def test_async_turn_in_flight(self, run: Callable[..., Any]) -> None:
+        async def body(store: AsyncStore) -> None:
+            record = await store.create_conversation(make_record())
+            now = utcnow()
+            pending = make_pending(record, lease_expires_at=now - timedelta(seconds=1))
+            await store.begin_turn(pending)
+            with pytest.raises(TurnInFlight):
+                await store.begin_turn(make_pending(record))
+            assert await store.get_pending(record.id, tenant=record.tenant) == pending
+            claims = await asyncio.gather(
+                *(
+                    store.claim_pending(
+                        record.id,
+                        tenant=record.tenant,
+                        owner=f"w{n}",
+                        now=now,
+                        lease_expires_at=now + timedelta(minutes=1),
+                    )
+                    for n in range(4)
+                )
+            )
+            winners = [c for c in claims if c is not None]
+            assert len(winners) == 1, claims
+            owner = winners[0].lease_owner
+            sent = winners[0].model_copy(update={"state": "sent", "interaction_id": "v1_x"})
+            await store.update_pending(sent, owner=owner)
+            with pytest.raises(LeaseLost):
+                await store.update_pending(sent, owner="someone-else")
+            assert await store.list_pending(tenant=record.tenant) == [sent]
+            commit = make_commit(record, [user_step("q")], idempotency_key=pending.idempotency_key)
+            assert (await store.append_turn(commit)).created
+            assert await store.get_pending(record.id, tenant=record.tenant) is None
+            assert not await store.release_pending(
+                record.id, tenant=record.tenant, idempotency_key=pending.idempotency_key
+            )
+
+        run(body)
+
+    def test_async_outbox(self, run: Callable[..., Any]) -> None:
+        async def body(store: AsyncStore) -> None:
+            tenant = new_id("t")
+            items = [
+                make_outbox_item(tenant, created_at=utcnow() + timedelta(seconds=n))
+                for n in range(3)
+            ]
+            await store.add_outbox(items)
+            assert await store.list_outbox(tenant=tenant) == items
+            retry = items[0].model_copy(update={"attempts": 1, "last_error": "x"})
+            await store.update_outbox(retry)
+            assert await store.list_outbox(tenant=tenant, limit=1) == [retry]
+            await store.remove_outbox([item.id for item in items])
+            assert await store.list_outbox(tenant=tenant) == []
 
         run(body)

@@ -14,11 +14,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from .._exceptions import CorruptRecordError, ValidationError
+from pydantic import ValidationError as PydanticValidationError
+
+from .._exceptions import ConcurrentTurnError, CorruptRecordError, ValidationError
 from ..models import (
     MAX_ID_LENGTH,
     MAX_JSON_DEPTH,
     ConversationRecord,
+    OutboxItem,
+    PendingTurnRecord,
     StoredStep,
     TurnCommit,
     TurnRecord,
@@ -30,27 +34,45 @@ __all__ = [
     "APPEND_FIELDS",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_LIST_LIMIT",
+    "OUTBOX_RETRY_FIELDS",
+    "PENDING_DATA_FIELDS",
+    "PENDING_PROGRESS_FIELDS",
     "REQUIRES_ACTION",
     "UPDATE_FIELDS",
     "TurnSpan",
+    "check_begin",
+    "check_claim",
     "check_commit",
     "check_commit_encoded",
     "check_continues",
     "check_idempotency_key",
     "check_list",
+    "check_list_outbox",
+    "check_list_pending",
     "check_load",
     "check_new_conversation",
+    "check_outbox_ids",
+    "check_outbox_items",
+    "check_owner",
+    "check_pending",
+    "check_pending_key",
     "check_purge",
     "check_record",
     "check_scope",
     "check_update",
+    "claimable",
     "decode_cursor",
+    "decode_outbox",
+    "decode_pending",
     "dumps",
     "encode_cursor",
     "epoch_us",
     "is_purgeable",
     "loads",
+    "merge_progress",
     "newest_start",
+    "select_outbox",
+    "select_pending",
     "stored_step",
 ]
 
@@ -534,3 +556,224 @@ def newest_start(
         if spans[index - 1].status != REQUIRES_ACTION:
             return start
     return 1 if complete else None
+
+
+# --------------------------------------------------------------------------- turns in flight
+
+PENDING_PROGRESS_FIELDS = (
+    "state",
+    "interaction_id",
+    "hop_ids",
+    "continuation_token",
+    "lease_owner",
+    "lease_expires_at",
+    "updated_at",
+)
+"""The fields of a pending turn ``update_pending`` writes; the others never change."""
+PENDING_DATA_FIELDS = (
+    "mode_used",
+    "reason",
+    "model",
+    "store",
+    "background",
+    "previous_interaction_id",
+    "input_steps",
+    "config",
+)
+"""The fields no backend filters on: stored together as one JSON document."""
+OUTBOX_RETRY_FIELDS = ("attempts", "last_error", "next_attempt_at")
+"""The fields of an outbox item ``update_outbox`` writes."""
+_PENDING_STATES = ("pending", "sent", "continuing")
+
+
+def _check_optional_str(value: object, what: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string or None, not {type(value).__name__}")
+
+
+def check_pending(pending: object) -> PendingTurnRecord:
+    """Check a pending turn before it is written, including what ``model_construct`` could
+    have skipped: ids, the key, counters, timestamps, the JSON of its input and settings."""
+    if not isinstance(pending, PendingTurnRecord):
+        raise ValidationError(f"expected a PendingTurnRecord, not {type(pending).__name__}")
+    check_scope(pending.conversation_id, pending.tenant)
+    check_idempotency_key(pending.idempotency_key)
+    check_id(pending.lease_owner, "lease owner")
+    _check_int(pending.seq, "seq", minimum=1)
+    _check_int(pending.planned_version, "planned_version", minimum=0)
+    if pending.state not in _PENDING_STATES:
+        raise ValidationError(f"state must be one of {_PENDING_STATES}, not {pending.state!r}")
+    if not isinstance(pending.input_steps, list) or not all(
+        isinstance(step, dict) for step in pending.input_steps
+    ):
+        raise ValidationError("input_steps must be a list of JSON objects")
+    _check_json(pending.input_steps, "input_steps")
+    if not isinstance(pending.config, dict):
+        raise ValidationError("config must be a JSON object")
+    _check_json(pending.config, "config")
+    if not isinstance(pending.model, str):
+        raise ValidationError("model must be a string")
+    for name in ("interaction_id", "continuation_token", "previous_interaction_id"):
+        _check_optional_str(getattr(pending, name), name)
+    if not isinstance(pending.hop_ids, list) or not all(
+        isinstance(hop, str) for hop in pending.hop_ids
+    ):
+        raise ValidationError("hop_ids must be a list of strings")
+    for name in ("lease_expires_at", "created_at", "updated_at"):
+        _check_aware(getattr(pending, name), name)
+    return pending
+
+
+def check_owner(owner: object) -> str:
+    """Check a lease owner (an id)."""
+    return check_id(owner, "lease owner")
+
+
+def check_pending_key(conversation_id: object, tenant: object, idempotency_key: object) -> None:
+    """Check the arguments of ``release_pending``."""
+    check_scope(conversation_id, tenant)
+    check_idempotency_key(idempotency_key)
+
+
+def check_begin(stored: ConversationRecord, pending: PendingTurnRecord) -> None:
+    """Once no turn is in flight: the stored version must be the planned one (else
+    ConcurrentTurnError), and the pending turn must take the next seq (else ValidationError)."""
+    if stored.version != pending.planned_version:
+        raise ConcurrentTurnError(
+            pending.conversation_id,
+            expected_version=pending.planned_version,
+            actual_version=stored.version,
+        )
+    if pending.seq != stored.turn_count + 1:
+        raise ValidationError(
+            f"pending turn seq {pending.seq} of {pending.conversation_id!r} is not the next "
+            f"seq ({stored.turn_count + 1})"
+        )
+
+
+def check_claim(
+    conversation_id: object, tenant: object, owner: object, now: object, lease_expires_at: object
+) -> None:
+    """Check the arguments of ``claim_pending``."""
+    check_scope(conversation_id, tenant)
+    check_id(owner, "lease owner")
+    _check_aware(now, "now")
+    _check_aware(lease_expires_at, "lease_expires_at")
+
+
+def claimable(pending: PendingTurnRecord, *, owner: str, now: datetime) -> bool:
+    """Whether ``owner`` may claim ``pending`` at ``now``: its lease expired, or it holds it."""
+    return pending.lease_owner == owner or pending.lease_expires_at <= now
+
+
+def merge_progress(stored: PendingTurnRecord, new: PendingTurnRecord) -> PendingTurnRecord:
+    """``stored`` with the progress fields of ``new`` (what ``update_pending`` writes)."""
+    return stored.model_copy(update={name: getattr(new, name) for name in PENDING_PROGRESS_FIELDS})
+
+
+def check_list_pending(tenant: object, expired_at: object, limit: object) -> None:
+    """Check the arguments of ``list_pending``."""
+    check_list(tenant, None, limit, None)
+    if expired_at is not None:
+        _check_aware(expired_at, "expired_at")
+
+
+def select_pending(
+    found: Sequence[PendingTurnRecord],
+    *,
+    tenant: str | None,
+    expired_at: datetime | None,
+    limit: int,
+) -> list[PendingTurnRecord]:
+    """``list_pending`` over records in hand: filtered, oldest first, at most ``limit``."""
+    kept = [
+        p
+        for p in found
+        if (tenant is None or p.tenant == tenant)
+        and (expired_at is None or p.lease_expires_at <= expired_at)
+    ]
+    kept.sort(key=lambda p: (epoch_us(p.created_at), p.conversation_id))
+    return kept[:limit]
+
+
+def decode_pending(data: Any) -> PendingTurnRecord:
+    """A pending turn from stored fields.
+
+    Raises:
+        CorruptRecordError: they do not make a valid record.
+    """
+    try:
+        return PendingTurnRecord.model_validate(data)
+    except (PydanticValidationError, ValidationError, TypeError) as exc:
+        raise CorruptRecordError(f"stored pending turn does not parse: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def check_outbox_items(items: object) -> list[OutboxItem]:
+    """Check the items of ``add_outbox`` / the item of ``update_outbox`` (as a list)."""
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise ValidationError(f"expected a sequence of OutboxItem, not {type(items).__name__}")
+    checked = []
+    for item in items:
+        if not isinstance(item, OutboxItem):
+            raise ValidationError(f"expected an OutboxItem, not {type(item).__name__}")
+        check_id(item.id, "outbox item id")
+        check_id(item.tenant, "tenant")
+        if item.conversation_id is not None:
+            check_id(item.conversation_id, "conversation id")
+        if item.action != "delete_interaction":
+            raise ValidationError(f"unknown outbox action {item.action!r}")
+        if not isinstance(item.target, str) or not item.target:
+            raise ValidationError("outbox target must be a non-empty string")
+        _check_json(item.target, "outbox target")
+        _check_int(item.attempts, "attempts", minimum=0)
+        _check_optional_str(item.last_error, "last_error")
+        if item.last_error is not None:
+            _check_json(item.last_error, "last_error")
+        _check_aware(item.created_at, "created_at")
+        _check_aware(item.next_attempt_at, "next_attempt_at")
+        checked.append(item)
+    return checked
+
+
+def check_outbox_ids(ids: object) -> list[str]:
+    """Check the ids of ``remove_outbox``."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+        raise ValidationError(f"expected a sequence of outbox ids, not {type(ids).__name__}")
+    return [check_id(item_id, "outbox item id") for item_id in ids]
+
+
+def check_list_outbox(tenant: object, due_at: object, limit: object) -> None:
+    """Check the arguments of ``list_outbox``."""
+    check_list(tenant, None, limit, None)
+    if due_at is not None:
+        _check_aware(due_at, "due_at")
+
+
+def select_outbox(
+    found: Sequence[OutboxItem], *, tenant: str | None, due_at: datetime | None, limit: int
+) -> list[OutboxItem]:
+    """``list_outbox`` over items in hand: filtered, oldest first (``created_at``, then id),
+    at most ``limit``."""
+    kept = [
+        item
+        for item in found
+        if (tenant is None or item.tenant == tenant)
+        and (due_at is None or item.next_attempt_at <= due_at)
+    ]
+    kept.sort(key=lambda item: (epoch_us(item.created_at), item.id))
+    return kept[:limit]
+
+
+def decode_outbox(data: Any) -> OutboxItem:
+    """An outbox item from stored fields.
+
+    Raises:
+        CorruptRecordError: they do not make a valid item.
+    """
+    try:
+        return OutboxItem.model_validate(data)
+    except (PydanticValidationError, ValidationError, TypeError) as exc:
+        raise CorruptRecordError(f"stored outbox item does not parse: {exc}") from exc

@@ -25,12 +25,16 @@ from .._exceptions import (
     ConfigurationError,
     ConversationExists,
     ConversationNotFound,
+    LeaseLost,
+    TurnInFlight,
 )
 from ..models import (
     AppendResult,
     ConversationRecord,
     JSONObject,
+    OutboxItem,
     Page,
+    PendingTurnRecord,
     StoredStep,
     TurnCommit,
     TurnRecord,
@@ -47,12 +51,14 @@ class _Conversation:
     spans: list[rules.TurnSpan] = field(default_factory=list)
     steps: list[tuple[int, str]] = field(default_factory=list)
     keys: dict[str, int] = field(default_factory=dict)
+    pending: str | None = None
 
 
 class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # the sync twin gets a threading.Lock
         self.conversations: dict[str, _Conversation] = {}
+        self.outbox: dict[str, str] = {}
 
 
 _NAMED: dict[str, _State] = {}
@@ -66,6 +72,15 @@ def _step_text(payload: JSONObject) -> str:
     # ASCII with \u escapes: a load joins and parses thousands of these, and one emoji in
     # a history would otherwise make the joined text 4 bytes per character (3.6x slower)
     return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
+def _pending(
+    conv: _Conversation | None, tenant: str, key: str | None = None
+) -> PendingTurnRecord | None:
+    if conv is None or conv.tenant != tenant or conv.pending is None:
+        return None
+    pending = PendingTurnRecord.model_validate_json(conv.pending)
+    return None if key is not None and pending.idempotency_key != key else pending
 
 
 def _turn(text: str) -> TurnRecord:
@@ -153,6 +168,8 @@ class MemoryStore:
             conv = self._get(new.id, new.tenant)
             key = turn.idempotency_key
             if key is not None and key in conv.keys:
+                if _pending(conv, new.tenant, key) is not None:
+                    conv.pending = None
                 return AppendResult(turn=_turn(conv.turns[conv.keys[key] - 1]), created=False)
             stored = _record(conv)
             if stored.version != commit.expected_version:
@@ -166,6 +183,8 @@ class MemoryStore:
             conv.steps.extend(step_rows)
             if key is not None:
                 conv.keys[key] = turn.seq
+                if _pending(conv, new.tenant, key) is not None:
+                    conv.pending = None
         return AppendResult(turn=_turn(turn_text), created=True)
 
     def find_turn(
@@ -294,6 +313,113 @@ class MemoryStore:
                 for record in doomed:
                     del self._state.conversations[record.id]
         return doomed
+
+    # ----------------------------------------------------------------- turns in flight
+
+    def begin_turn(self, pending: PendingTurnRecord) -> None:
+        rules.check_pending(pending)
+        text = pending.model_dump_json()
+        with self._state.lock:
+            conv = self._get(pending.conversation_id, pending.tenant)
+            stored = _pending(conv, pending.tenant)
+            if stored is not None:
+                raise TurnInFlight(pending.conversation_id, pending=stored)
+            rules.check_begin(_record(conv), pending)
+            conv.pending = text
+
+    def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
+        rules.check_scope(conversation_id, tenant)
+        with self._state.lock:
+            return _pending(self._state.conversations.get(conversation_id), tenant)
+
+    def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
+        rules.check_pending(pending)
+        rules.check_owner(owner)
+        key = pending.idempotency_key
+        with self._state.lock:
+            conv = self._state.conversations.get(pending.conversation_id)
+            stored = _pending(conv, pending.tenant, key)
+            if conv is None or stored is None or stored.lease_owner != owner:
+                raise LeaseLost(pending.conversation_id, idempotency_key=key)
+            conv.pending = rules.merge_progress(stored, pending).model_dump_json()
+
+    def claim_pending(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+    ) -> PendingTurnRecord | None:
+        rules.check_claim(conversation_id, tenant, owner, now, lease_expires_at)
+        with self._state.lock:
+            conv = self._state.conversations.get(conversation_id)
+            stored = _pending(conv, tenant)
+            if conv is None or stored is None or not rules.claimable(stored, owner=owner, now=now):
+                return None
+            claimed = stored.model_copy(
+                update={"lease_owner": owner, "lease_expires_at": lease_expires_at}
+            )
+            conv.pending = claimed.model_dump_json()
+            return PendingTurnRecord.model_validate_json(conv.pending)
+
+    def release_pending(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> bool:
+        rules.check_pending_key(conversation_id, tenant, idempotency_key)
+        with self._state.lock:
+            conv = self._state.conversations.get(conversation_id)
+            if conv is None or _pending(conv, tenant, idempotency_key) is None:
+                return False
+            conv.pending = None
+            return True
+
+    def list_pending(
+        self,
+        *,
+        tenant: str | None,
+        expired_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[PendingTurnRecord]:
+        rules.check_list_pending(tenant, expired_at, limit)
+        with self._state.lock:
+            texts = [c.pending for c in self._state.conversations.values() if c.pending]
+        found = [PendingTurnRecord.model_validate_json(text) for text in texts]
+        return rules.select_pending(found, tenant=tenant, expired_at=expired_at, limit=limit)
+
+    # ----------------------------------------------------------------- outbox
+
+    def add_outbox(self, items: Sequence[OutboxItem]) -> None:
+        texts = {item.id: item.model_dump_json() for item in rules.check_outbox_items(items)}
+        with self._state.lock:
+            self._state.outbox.update(texts)
+
+    def list_outbox(
+        self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        rules.check_list_outbox(tenant, due_at, limit)
+        with self._state.lock:
+            texts = list(self._state.outbox.values())
+        found = [OutboxItem.model_validate_json(text) for text in texts]
+        return rules.select_outbox(found, tenant=tenant, due_at=due_at, limit=limit)
+
+    def update_outbox(self, item: OutboxItem) -> None:
+        rules.check_outbox_items([item])
+        with self._state.lock:
+            text = self._state.outbox.get(item.id)
+            if text is None:
+                return
+            stored = OutboxItem.model_validate_json(text)
+            if stored.tenant == item.tenant:
+                fields = {name: getattr(item, name) for name in rules.OUTBOX_RETRY_FIELDS}
+                self._state.outbox[item.id] = stored.model_copy(update=fields).model_dump_json()
+
+    def remove_outbox(self, ids: Sequence[str]) -> None:
+        checked = rules.check_outbox_ids(ids)
+        with self._state.lock:
+            for item_id in checked:
+                self._state.outbox.pop(item_id, None)
 
     def close(self) -> None:
         """Nothing to release; a named store keeps its data for the next opener."""
