@@ -11,8 +11,8 @@ raises on purpose. Driver and HTTP errors are translated at one boundary per lay
     │   ├── ConversationNotFound (LookupError)   missing, deleted, or another tenant's
     │   ├── ConversationExists                   create with an id already taken
     │   ├── ConcurrentTurnError                  the version an append was planned against is stale
-    │   │   └── LeaseLost                        another worker took over a turn in flight
-    │   ├── TurnInFlight                         a turn is already in flight (carries it)
+    │   │   ├── LeaseLost                        another worker took over a turn in flight
+    │   │   └── TurnInFlight                     a turn is already in flight (carries it)
     │   ├── SchemaError                          database schema missing or behind; names the fix
     │   ├── StoreUnavailable                     the backend could not be reached
     │   ├── CorruptRecordError                   a stored row that does not parse
@@ -143,15 +143,19 @@ class LeaseLost(ConcurrentTurnError):
         self.actual_version = None
 
 
-class TurnInFlight(StoreError):
-    """A turn is already in flight on the conversation (one at a time). ``pending`` is its
-    record (a :class:`~convostore.models.PendingTurnRecord`)."""
+class TurnInFlight(ConcurrentTurnError):
+    """A turn is already in flight on the conversation (one at a time): nothing was sent.
+    ``pending`` is its record (a :class:`~convostore.models.PendingTurnRecord`). A kind of
+    conflict, so code that handles :class:`ConcurrentTurnError` handles it too."""
 
     def __init__(self, conversation_id: str, *, pending: Any) -> None:
         self.conversation_id = conversation_id
         self.pending = pending
+        self.expected_version = getattr(pending, "planned_version", -1)
+        self.actual_version = None
         seq, key = getattr(pending, "seq", "?"), getattr(pending, "idempotency_key", "?")
-        super().__init__(
+        StoreError.__init__(
+            self,
             f"conversation {conversation_id!r} has a turn in flight (seq {seq}, key {key!r})"
         )
 

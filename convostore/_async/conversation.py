@@ -101,7 +101,7 @@ class AsyncConversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-        in_flight: InFlight = "reject",
+        in_flight: InFlight | None = None,
         background: Literal[False] = False,
         auto_continue: bool | None = None,
     ) -> Turn: ...
@@ -114,7 +114,7 @@ class AsyncConversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-        in_flight: InFlight = "reject",
+        in_flight: InFlight | None = None,
         background: Literal[True],
         auto_continue: bool | None = None,
     ) -> AsyncPendingTurn | Turn: ...
@@ -126,7 +126,7 @@ class AsyncConversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-        in_flight: InFlight = "reject",
+        in_flight: InFlight | None = None,
         background: bool = False,
         auto_continue: bool | None = None,
     ) -> Turn | AsyncPendingTurn:
@@ -145,7 +145,8 @@ class AsyncConversation:
             in_flight: what to do while another turn of this conversation is in flight:
                 ``"reject"`` raises :class:`TurnInFlight` (nothing is sent), ``"wait"`` queues
                 behind it, ``"cancel"`` cancels it on the server (a background turn) first.
-                A turn in flight whose worker is gone (lease expired) is finished first.
+                Default: ``"wait"`` with ``on_conflict="retry"``, else ``"reject"``. A turn in
+                flight whose worker is gone (lease expired) is finished first.
             background: start the turn with ``background: true`` and return at once with an
                 :class:`AsyncPendingTurn` (``wait()``, ``cancel()``, ``stream()``); any process
                 can finish it. Not for stateless conversations (the API keeps nothing there).
@@ -162,6 +163,8 @@ class AsyncConversation:
             APIError: the API failed; nothing was committed.
         """
         new_steps = planner.check_send_args(input, idempotency_key, on_conflict)
+        if in_flight is None:
+            in_flight = "wait" if on_conflict == "retry" else "reject"
         planner.check_turn_options(in_flight=in_flight, background=background)
         attempt = 0
         while True:

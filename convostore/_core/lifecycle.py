@@ -397,6 +397,8 @@ class TurnLifecycle:
 
     def _continuation(self, token: str, owner_id: str) -> JSONObject:
         assert self.body is not None
+        if not owner_id:  # store: false answers have no id; the input is re-sent anyway
+            return continuation_body(self.body, token=token, owner_id=None, store=False)
         return continuation_body(
             self.body, token=token, owner_id=owner_id, store=self.decision.store
         )

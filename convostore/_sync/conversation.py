@@ -103,7 +103,7 @@ class Conversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-        in_flight: InFlight = "reject",
+        in_flight: InFlight | None = None,
         background: Literal[False] = False,
         auto_continue: bool | None = None,
     ) -> Turn: ...
@@ -116,7 +116,7 @@ class Conversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-        in_flight: InFlight = "reject",
+        in_flight: InFlight | None = None,
         background: Literal[True],
         auto_continue: bool | None = None,
     ) -> PendingTurn | Turn: ...
@@ -128,7 +128,7 @@ class Conversation:
         idempotency_key: str | None = None,
         on_conflict: OnConflict = "raise",
         max_conflict_retries: int = 5,
-        in_flight: InFlight = "reject",
+        in_flight: InFlight | None = None,
         background: bool = False,
         auto_continue: bool | None = None,
     ) -> Turn | PendingTurn:
@@ -147,7 +147,8 @@ class Conversation:
             in_flight: what to do while another turn of this conversation is in flight:
                 ``"reject"`` raises :class:`TurnInFlight` (nothing is sent), ``"wait"`` queues
                 behind it, ``"cancel"`` cancels it on the server (a background turn) first.
-                A turn in flight whose worker is gone (lease expired) is finished first.
+                Default: ``"wait"`` with ``on_conflict="retry"``, else ``"reject"``. A turn in
+                flight whose worker is gone (lease expired) is finished first.
             background: start the turn with ``background: true`` and return at once with an
                 :class:`PendingTurn` (``wait()``, ``cancel()``, ``stream()``); any process
                 can finish it. Not for stateless conversations (the API keeps nothing there).
@@ -164,6 +165,8 @@ class Conversation:
             APIError: the API failed; nothing was committed.
         """
         new_steps = planner.check_send_args(input, idempotency_key, on_conflict)
+        if in_flight is None:
+            in_flight = "wait" if on_conflict == "retry" else "reject"
         planner.check_turn_options(in_flight=in_flight, background=background)
         attempt = 0
         while True:
