@@ -155,8 +155,7 @@ class TurnInFlight(ConcurrentTurnError):
         self.actual_version = None
         seq, key = getattr(pending, "seq", "?"), getattr(pending, "idempotency_key", "?")
         StoreError.__init__(
-            self,
-            f"conversation {conversation_id!r} has a turn in flight (seq {seq}, key {key!r})"
+            self, f"conversation {conversation_id!r} has a turn in flight (seq {seq}, key {key!r})"
         )
 
 

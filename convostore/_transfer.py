@@ -36,7 +36,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._sync.store import Store
-from .models import ConversationRecord, StoredStep, TurnRecord, parse_step
+from .models import LOST_STATUS, ConversationRecord, StoredStep, TurnRecord, parse_step
 
 if TYPE_CHECKING:
     from ._sync.client import InteractionsClient
@@ -375,6 +375,8 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         if last.audit_hash is not None and record.last_turn_hash != last.audit_hash:
             problems.append("last_turn_hash does not match the last turn's audit hash")
         head = record.head_interaction_id
+        answered = [t for t in turns if t.status != LOST_STATUS]
+        last = answered[-1] if answered else last
         if head is not None and head != last.interaction_id:
             problems.append(f"head {head!r} is not the last turn's interaction")
     return problems

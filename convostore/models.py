@@ -838,6 +838,10 @@ class DeleteReport(_Record):
 
 TurnState: TypeAlias = Literal["pending", "sent", "continuing"]
 
+LOST_STATUS = "lost"
+"""The status of a turn recorded as lost: its answer could not be had (nothing on the server
+to adopt, or its conversation moved on meanwhile). It has no steps and moves no head."""
+
 
 class PendingTurnRecord(_Record):
     """A turn in flight, written before its request is sent (``Store.begin_turn``).

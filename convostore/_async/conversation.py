@@ -20,6 +20,7 @@ from .._exceptions import (
     APIError,
     ConcurrentTurnError,
     InteractionFailed,
+    LeaseLost,
     StreamError,
     TurnInFlight,
     ValidationError,
@@ -314,6 +315,8 @@ class AsyncConversation:
         except InteractionFailed as exc:
             logger.info("conversation %s: the turn in flight ended: %s", self.id, exc)
             return None
+        except LeaseLost:  # another worker is finishing it (a background turn is anyone's)
+            return await self._store.get_pending(self.id, tenant=self.tenant)
         return result if isinstance(result, PendingTurnRecord) else None
 
     async def _stored_turn(self, turn: TurnRecord, *, replayed: bool) -> Turn:

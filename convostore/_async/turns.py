@@ -26,6 +26,7 @@ from .._exceptions import (
     StoreError,
 )
 from ..models import (
+    LOST_STATUS,
     AppendResult,
     PendingTurnRecord,
     Turn,
@@ -158,7 +159,7 @@ class AsyncTurnDriver:
         machine.committed()
         if not result.created:
             stored = result.turn
-            if stored.status == lifecycle.LOST_STATUS and stored.interaction_id != (
+            if stored.status == LOST_STATUS and stored.interaction_id != (
                 commit.turn.interaction_id
             ):
                 # another worker gave this turn up as lost while this one was still waiting

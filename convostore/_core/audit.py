@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..models import StoredStep, TurnRecord
+from ..models import LOST_STATUS, StoredStep, TurnRecord
 
 
 def canonical_json(value: Any) -> bytes:
@@ -74,7 +74,9 @@ def verify(turns: Sequence[TurnRecord], steps: Sequence[StoredStep]) -> list[str
     orphans = sorted(set(by_turn) - known)
     if orphans:
         problems.append(f"steps belong to missing turn(s) {orphans[:5]}")
-    for before, turn in itertools.pairwise(turns):
+    # a lost turn moved no head: the chain runs past it
+    answered = [t for t in turns if t.status != LOST_STATUS]
+    for before, turn in itertools.pairwise(answered):
         if turn.mode_used == "server" and turn.previous_interaction_id != before.interaction_id:
             problems.append(
                 f"turn {turn.seq} chains from {turn.previous_interaction_id!r}, "

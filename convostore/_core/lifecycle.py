@@ -41,11 +41,13 @@ from .._exceptions import (
     NotFoundError,
 )
 from ..models import (
+    LOST_STATUS,
     ConversationRecord,
     Interaction,
     JSONObject,
     PendingTurnRecord,
     TurnCommit,
+    TurnRecord,
     to_wire,
 )
 from . import audit, planner
@@ -60,9 +62,6 @@ COMMITTED_STATUSES = frozenset({"completed", "requires_action", "incomplete", "b
 FAILED_STATUSES = frozenset({"failed", "cancelled"})
 """Answers raised as :class:`~convostore.InteractionFailed`; nothing is committed."""
 CONTINUE_STATUS = "requires_continuation"
-LOST_STATUS = "lost"
-"""The status of a turn recorded as lost: its answer could not be had (nothing on the server
-to adopt, or its conversation moved on meanwhile). It has no steps and moves no head."""
 
 
 class Phase(enum.StrEnum):
@@ -291,6 +290,8 @@ class TurnLifecycle:
     def answered(self, interaction: Interaction, *, now: datetime, lease: timedelta) -> Effect:
         """An answer (or a poll's view of it) arrived."""
         self._expect(Phase.PENDING, Phase.SENT, Phase.CONTINUING)
+        if self.pending.background:
+            lease = timedelta(0)  # held by nobody: whoever polls or gets the webhook finishes it
         if self.hops and self.hops[-1].id == interaction.id:
             self.hops[-1] = interaction  # a poll: the same hop, further on
         else:
@@ -336,6 +337,8 @@ class TurnLifecycle:
         """A stream named its interaction (``interaction.created``): the pending record to
         write at once, so a worker killed mid-stream leaves an answer another can adopt."""
         self._expect(Phase.PENDING, Phase.SENT, Phase.CONTINUING)
+        if self.pending.background:
+            lease = timedelta(0)
         if self.phase is Phase.PENDING:
             self.phase = Phase.SENT
         ids = [*self.pending.hop_ids]
@@ -435,7 +438,6 @@ def lost_commit(
     """The audit record of a turn whose answer was lost: a turn with no steps, status
     ``lost``, that moves neither the head nor the history (the next turn travels as if it had
     not happened)."""
-    from ..models import TurnRecord
 
     seq = record.turn_count + 1
     turn = TurnRecord(

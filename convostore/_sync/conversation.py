@@ -22,6 +22,7 @@ from .._exceptions import (
     APIError,
     ConcurrentTurnError,
     InteractionFailed,
+    LeaseLost,
     StreamError,
     TurnInFlight,
     ValidationError,
@@ -316,6 +317,8 @@ class Conversation:
         except InteractionFailed as exc:
             logger.info("conversation %s: the turn in flight ended: %s", self.id, exc)
             return None
+        except LeaseLost:  # another worker is finishing it (a background turn is anyone's)
+            return self._store.get_pending(self.id, tenant=self.tenant)
         return result if isinstance(result, PendingTurnRecord) else None
 
     def _stored_turn(self, turn: TurnRecord, *, replayed: bool) -> Turn:
