@@ -82,6 +82,8 @@ def delete_command(
             console.print(f"remote: {len(remote_deleted)} interaction(s) deleted")
         for iid, why in remote_failed.items():
             console.print(f"[red]remote failure[/] {iid}: {escape(why)}")
+        if remote_failed:
+            console.print("kept in the outbox: `convostore recover` retries them")
     return 1 if remote_failed else 0
 
 
@@ -150,6 +152,8 @@ def purge_command(
             console.print(f"remote: {len(remote_deleted)} interaction(s) deleted")
         for iid, why in failed.items():
             console.print(f"[red]remote failure[/] {iid}: {escape(why)}")
+        if failed:
+            console.print("kept in the outbox: `convostore recover` retries them")
     return 1 if failed else 0
 
 
