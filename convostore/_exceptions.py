@@ -22,6 +22,10 @@ raises on purpose. Driver and HTTP errors are translated at one boundary per lay
         ├── APIConnectionError                   could not connect / connection dropped
         │   └── APITimeoutError                  no answer in time (never retried on create)
         ├── StreamError                          a stream ended by an ``error`` event or cut short
+        ├── InteractionFailed                    the interaction ended failed or cancelled;
+        │                                        has interaction_id, status, errors
+        ├── InteractionUnfinished                the interaction never finished (in_progress,
+        │                                        queued, idle, unknown status) while waited on
         └── APIStatusError                       an HTTP error status; has status_code, code, body
             ├── BadRequestError         400
             ├── AuthenticationError     401
@@ -53,6 +57,8 @@ __all__ = [
     "CorruptCiphertextError",
     "CorruptRecordError",
     "EncryptionError",
+    "InteractionFailed",
+    "InteractionUnfinished",
     "InternalServerError",
     "MissingKeyError",
     "NotFoundError",
@@ -182,6 +188,47 @@ class StreamError(APIError):
         self.code = code
         self.message = message
         super().__init__(f"{code}: {message}" if code else message)
+
+
+class _InteractionStatusError(APIError):
+    """An interaction the API accepted ended in a status that gives no answer."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        interaction_id: str | None,
+        status: str | None,
+        errors: list[Any] | None = None,
+    ) -> None:
+        self.interaction_id = interaction_id
+        self.status = status
+        self.errors: list[Any] = list(errors or [])
+        if message is None:
+            ended = status or "without status"
+            message = f"interaction {interaction_id or '(no id)'} ended {ended}"
+            first = self.errors[0] if self.errors else None
+            if isinstance(first, dict) and (first.get("message") or first.get("code")):
+                code, text = first.get("code"), first.get("message")
+                message += ": " + ": ".join(str(x) for x in (code, text) if x)
+        self.message = message
+        super().__init__(message)
+
+
+class InteractionFailed(_InteractionStatusError):
+    """The interaction ended ``failed`` or ``cancelled``: nothing of it is committed.
+
+    Attributes:
+        interaction_id: the interaction's id (None if the API gave none).
+        status: the status it ended in.
+        errors: the interaction's ``errors`` list as the API sent it (``[{code, message}]``).
+    """
+
+
+class InteractionUnfinished(_InteractionStatusError):
+    """The interaction was still unfinished (``in_progress``, ``queued``, ``idle`` or a status
+    convostore does not know) when convostore stopped waiting for it; it may still finish on
+    the server. Same attributes as :class:`InteractionFailed`."""
 
 
 class APIStatusError(APIError):

@@ -177,14 +177,35 @@ def test_function_result_and_tool_deltas() -> None:
     assert acc.unknown_deltas == []
 
 
-def test_unknown_delta_is_kept_aside_and_the_step_left_alone() -> None:
+def test_unknown_delta_is_an_unknown_content_part_kept_verbatim() -> None:
     acc = run(
         start(0, {"type": "model_output"}),
-        delta(0, type="sparkle", glitter=3),
+        delta(0, type="text", text="look: "),
+        delta(0, type="sparkle", glitter=3, nested={"a": [1, None]}),
         delta(0, type="text", text="ok"),
+        start(1, {"type": "thought", "signature": "s"}),
+        delta(1, type="hologram", frames=2),
         completed(),
     )
-    assert acc.steps == [{"type": "model_output", "content": [{"type": "text", "text": "ok"}]}]
+    sparkle = {"type": "sparkle", "glitter": 3, "nested": {"a": [1, None]}}
+    assert acc.steps == [
+        {
+            "type": "model_output",
+            "content": [
+                {"type": "text", "text": "look: "},
+                sparkle,
+                {"type": "text", "text": "ok"},
+            ],
+        },
+        {"type": "thought", "signature": "s", "summary": [{"type": "hologram", "frames": 2}]},
+    ]
+    assert acc.unknown_deltas == [(0, sparkle), (1, {"type": "hologram", "frames": 2})]
+
+
+def test_unknown_delta_on_a_step_without_content_is_listed_and_the_step_left_alone() -> None:
+    call = {"type": "function_call", "id": "c", "name": "f", "arguments": {"a": 1}}
+    acc = run(start(0, dict(call)), delta(0, type="sparkle", glitter=3), completed())
+    assert acc.steps == [call]
     assert acc.unknown_deltas == [(0, {"type": "sparkle", "glitter": 3})]
 
 

@@ -19,6 +19,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy import Connection, Engine, create_engine
 
 from .. import _migrate
+from .._core.store_rules import (
+    UPDATE_FIELDS,
+    check_commit,
+    check_idempotency_key,
+    check_list,
+    check_load,
+    check_new_conversation,
+    check_purge,
+    check_scope,
+    check_update,
+    decode_cursor,
+    encode_cursor,
+)
 from .._exceptions import (
     ConcurrentTurnError,
     ConfigurationError,
@@ -54,19 +67,6 @@ from .._sql import (
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
-from .._core.store_rules import (
-    UPDATE_FIELDS,
-    check_commit,
-    check_idempotency_key,
-    check_list,
-    check_load,
-    check_new_conversation,
-    check_purge,
-    check_scope,
-    check_update,
-    decode_cursor,
-    encode_cursor,
-)
 from .._urls import redact
 from ..models import (
     AppendResult,
