@@ -12,6 +12,7 @@ Records are strict: they are what convostore owns.
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import math
@@ -248,6 +249,16 @@ class ProcessingResultStep(_ToolResult):
     type: Literal["processing_result"] = "processing_result"
 
 
+class ToolSearchCallStep(_ToolCall):
+    type: Literal["tool_search_call"] = "tool_search_call"
+    arguments: JSONObject
+
+
+class ToolSearchResultStep(_ToolResult):
+    type: Literal["tool_search_result"] = "tool_search_result"
+    result: list[Any] | None = None
+
+
 class UnknownStep(WireModel):
     """A step of a type this version does not know; kept verbatim."""
 
@@ -276,6 +287,8 @@ _STEP_CLASSES: tuple[type[WireModel], ...] = (
     RetrievalResultStep,
     ProcessingCallStep,
     ProcessingResultStep,
+    ToolSearchCallStep,
+    ToolSearchResultStep,
 )
 STEP_TYPES: frozenset[str] = frozenset(c.model_fields["type"].default for c in _STEP_CLASSES)
 
@@ -301,6 +314,8 @@ Step = Annotated[
     | Annotated[RetrievalResultStep, Tag("retrieval_result")]
     | Annotated[ProcessingCallStep, Tag("processing_call")]
     | Annotated[ProcessingResultStep, Tag("processing_result")]
+    | Annotated[ToolSearchCallStep, Tag("tool_search_call")]
+    | Annotated[ToolSearchResultStep, Tag("tool_search_result")]
     | Annotated[UnknownStep, Tag("unknown")],
     Discriminator(_open_union_tag(STEP_TYPES)),
 ]
@@ -330,11 +345,61 @@ class Usage(WireModel):
     total_cached_tokens: int | None = None
     total_tool_use_tokens: int | None = None
     total_tokens: int | None = None
+    initial_input_tokens: int | None = None
+    """Set when continuation hops are merged: the first hop's input tokens."""
+    input_tokens_by_modality: list[Any] | None = None
+    output_tokens_by_modality: list[Any] | None = None
+    cached_tokens_by_modality: list[Any] | None = None
+    tool_use_tokens_by_modality: list[Any] | None = None
+    grounding_tool_count: list[Any] | None = None
 
 
 class APIErrorBody(WireModel):
     code: str | int | None = None
     message: str | None = None
+
+
+# --------------------------------------------------------------------------- statuses
+
+# What convostore does with each status an interaction can end a request in. The API's own
+# list (SDK 3.6.1 ``InteractionStatus``) is open: a status this table does not know is treated
+# as unfinished, never as success.
+#
+# | class       | statuses                       | what a turn does                           |
+# |-------------|--------------------------------|--------------------------------------------|
+# | TERMINAL_OK | completed, requires_action     | committed                                  |
+# | PARTIAL     | incomplete, budget_exceeded    | committed with what was produced, status   |
+# |             |                                | kept visible on the turn                   |
+# | FAILED      | failed, cancelled              | nothing committed: ``InteractionFailed``   |
+# | CONTINUE    | requires_continuation          | continued with its ``continuation_token``  |
+# | UNFINISHED  | in_progress, queued, idle, and | polled (``GET``) until it leaves this      |
+# |             | any status not listed here     | class; ``InteractionUnfinished`` if not    |
+
+TERMINAL_OK: frozenset[str] = frozenset({"completed", "requires_action"})
+"""The interaction finished as asked (``requires_action``: the model waits for tool results)."""
+PARTIAL: frozenset[str] = frozenset({"incomplete", "budget_exceeded"})
+"""The interaction stopped early (a limit or budget); what it produced is kept, status visible."""
+FAILED: frozenset[str] = frozenset({"failed", "cancelled"})
+"""The interaction failed or was cancelled: see ``Interaction.errors``."""
+CONTINUE: frozenset[str] = frozenset({"requires_continuation"})
+"""The per-request decode limit was reached: resume with the ``continuation_token``."""
+UNFINISHED: frozenset[str] = frozenset({"in_progress", "queued", "idle"})
+"""Still running (or waiting); every status not in another class counts as unfinished too."""
+
+StatusClass: TypeAlias = Literal["ok", "partial", "failed", "continue", "unfinished"]
+
+
+def status_class(status: object) -> StatusClass:
+    """The class of an API status (see the table above); unknown or missing: ``"unfinished"``."""
+    if status in TERMINAL_OK:
+        return "ok"
+    if status in PARTIAL:
+        return "partial"
+    if status in FAILED:
+        return "failed"
+    if status in CONTINUE:
+        return "continue"
+    return "unfinished"
 
 
 class Interaction(WireModel):
@@ -366,32 +431,113 @@ class Interaction(WireModel):
         return self._raw if self._raw is not None else to_wire(self)
 
     @property
+    def hop_ids(self) -> list[str]:
+        """The id of every request (continuation hop) this interaction was merged from, in
+        order (the SDK's ``continuation_ids``); just ``[id]`` when it was not merged."""
+        if self._hop_ids is not None:
+            return list(self._hop_ids)
+        return [self.id] if self.id else []
+
+    @property
     def output_text(self) -> str:
+        """See :func:`output_text`."""
         return output_text(self.steps or [])
 
+    @property
+    def output_image(self) -> JSONObject | None:
+        """See :func:`output_image`."""
+        return output_image(self.steps or [])
 
-def output_text(steps: Sequence[Mapping[str, Any]]) -> str:
-    """The trailing model text of a step list, as the SDK's ``output_text`` computes it.
+    @property
+    def output_audio(self) -> JSONObject | None:
+        """See :func:`output_audio`."""
+        return output_audio(self.steps or [])
 
-    Walks back over the trailing ``model_output`` steps (skipping ``thought`` steps) and
-    joins their trailing text parts; stops at a ``user_input`` or any other step.
+    @property
+    def output_video(self) -> JSONObject | None:
+        """See :func:`output_video`."""
+        return output_video(self.steps or [])
+
+
+def _get(value: object, name: str) -> Any:
+    return value.get(name) if isinstance(value, Mapping) else None
+
+
+def output_text(steps: Sequence[Any]) -> str:
+    """The answer's text, exactly as SDK 3.6.1 computes ``Interaction.output_text``.
+
+    Walks the steps backwards and stops at a ``user_input`` step. ``thought`` steps are
+    skipped. Text parts of ``model_output`` steps are collected from the end; before the first
+    text part is found, every other step (a tool call or result, an unknown step) and every
+    other content part (an image, an unknown type) is skipped; once text was found, the first
+    such step or part ends the text. A text part whose ``text`` is not a string counts as "".
     """
-    texts: list[str] = []
+    text_parts: list[str] = []
+    collecting = False
     for step in reversed(steps):
-        kind = step.get("type")
+        kind = _get(step, "type")
+        if kind == "user_input":
+            break
         if kind == "thought":
             continue
         if kind != "model_output":
-            break
-        parts: list[str] = []
-        for part in reversed(step.get("content") or []):
-            if not isinstance(part, Mapping) or part.get("type") != "text":
+            if collecting:
                 break
-            parts.append(str(part.get("text", "")))
-        texts.extend(parts)
-        if len(parts) != len(step.get("content") or []):
+            continue
+        content = _get(step, "content")
+        if not isinstance(content, list):
+            continue
+        should_stop = False
+        for item in reversed(content):
+            if _get(item, "type") != "text":
+                if collecting:
+                    should_stop = True
+                    break
+                continue
+            collecting = True
+            text = _get(item, "text")
+            text_parts.append(text if isinstance(text, str) else "")
+        if should_stop:
             break
-    return "".join(reversed(texts))
+    return "".join(reversed(text_parts))
+
+
+def _last_part(steps: Sequence[Any], kind: str) -> JSONObject | None:
+    # SDK 3.6.1: the last part of that type in any model_output step after the last user_input.
+    for step in reversed(steps):
+        if _get(step, "type") == "user_input":
+            break
+        if _get(step, "type") != "model_output":
+            continue
+        content = _get(step, "content")
+        if not isinstance(content, list):
+            continue
+        for item in reversed(content):
+            if _get(item, "type") == kind:
+                return copy.deepcopy(dict(item))
+    return None
+
+
+def output_image(steps: Sequence[Any]) -> JSONObject | None:
+    """The answer's last ``image`` part, as SDK 3.6.1's ``Interaction.output_image`` picks it:
+    the last image part of any ``model_output`` step after the last ``user_input`` step (tool
+    steps, thoughts and other parts in between do not matter), or None.
+
+    The SDK returns an ``ImageContent`` model; this returns the part's wire JSON (a copy, with
+    any keys the SDK does not know), which is what ``model_dump(mode="json")`` of the SDK's
+    value gives for a well-formed part.
+    """
+    return _last_part(steps, "image")
+
+
+def output_audio(steps: Sequence[Any]) -> JSONObject | None:
+    """The answer's last ``audio`` part; the rule of :func:`output_image`."""
+    return _last_part(steps, "audio")
+
+
+def output_video(steps: Sequence[Any]) -> JSONObject | None:
+    """The answer's last ``video`` part; the rule of :func:`output_image`."""
+    return _last_part(steps, "video")
 
 
 # --------------------------------------------------------------------------- stream events
@@ -814,8 +960,26 @@ class Turn(_Record):
 
     @property
     def text(self) -> str:
-        """The trailing model text (not ``steps[-1]``: a thought or call may come last)."""
+        """The answer's text, as the SDK's ``Interaction.output_text``: see
+        :func:`convostore.models.output_text` (not ``steps[-1]``: a thought or call may come
+        last, an image may follow the text)."""
         return output_text(self.steps)
+
+    @property
+    def output_image(self) -> JSONObject | None:
+        """The answer's last image part (wire JSON) or None, as the SDK's
+        ``Interaction.output_image``: see :func:`convostore.models.output_image`."""
+        return output_image(self.steps)
+
+    @property
+    def output_audio(self) -> JSONObject | None:
+        """The answer's last audio part (wire JSON) or None, as the SDK's ``output_audio``."""
+        return output_audio(self.steps)
+
+    @property
+    def output_video(self) -> JSONObject | None:
+        """The answer's last video part (wire JSON) or None, as the SDK's ``output_video``."""
+        return output_video(self.steps)
 
     @property
     def function_calls(self) -> list[FunctionCallStep]:

@@ -8,6 +8,7 @@ Memory and SQLite run many examples; PostgreSQL, MariaDB and Redis a few each.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import math
@@ -489,3 +490,166 @@ def test_settings_are_used_or_refused_never_dropped(emulator_server: Emulator) -
         with pytest.raises(cs.ValidationError):
             convos.create(tenant="s", system_instruction="a", settings={"system_instruction": "b"})
         assert [r.id for r in convos.list(tenant="s").items] == [conv.id]
+
+
+# --------------------------------------------------------------------------- answers and streams
+
+KNOWN_CONTENT = {"text", "image", "audio", "video", "document"}
+new_type = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)
+plain = st.dictionaries(
+    st.from_regex(r"x_[a-z]{1,6}", fullmatch=True),
+    st.one_of(st.none(), st.integers(), st.text(max_size=5)),
+    max_size=2,
+)
+text_part = st.builds(lambda t: {"type": "text", "text": t}, st.text(max_size=8))
+media_part = st.builds(
+    lambda kind, data, extra: {**extra, "type": kind, "data": data, "mime_type": f"{kind}/x"},
+    st.sampled_from(["image", "audio", "video", "document"]),
+    st.sampled_from(["aGk=", "bG8="]),
+    plain,
+)
+unknown_part = st.builds(
+    lambda kind, extra: {**extra, "type": kind},
+    new_type.filter(lambda t: t not in KNOWN_CONTENT),
+    plain,
+)
+parts = st.lists(st.one_of(text_part, media_part, unknown_part), max_size=4)
+
+
+def _no_adjacent_text(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A stream cannot tell two adjacent text parts from one: the server never sends them.
+    kept: list[dict[str, Any]] = []
+    for part in content:
+        if not (kept and part["type"] == kept[-1]["type"] == "text"):
+            kept.append(part)
+    return kept
+
+
+answer_steps = st.one_of(
+    st.builds(lambda c: {"type": "model_output", "content": _no_adjacent_text(c)}, parts),
+    st.just({"type": "model_output"}),
+    st.builds(
+        lambda s, c: {"type": "thought", "signature": s, "summary": c},
+        st.sampled_from(["c2ln", "b3RoZXI="]),
+        st.lists(st.one_of(text_part, media_part), max_size=2),
+    ),
+    st.builds(
+        lambda i, a: {"type": "function_call", "id": i, "name": "f", "arguments": a},
+        st.sampled_from(["c1", "c2"]),
+        st.dictionaries(st.text(max_size=4), st.one_of(st.integers(), st.text(max_size=4))),
+    ),
+    st.builds(
+        lambda r: {"type": "function_result", "call_id": "c1", "name": "f", "result": r},
+        st.one_of(st.text(max_size=5), st.dictionaries(st.text(max_size=3), st.integers())),
+    ),
+    st.builds(
+        lambda names: {
+            "type": "tool_search_call",
+            "id": "t1",
+            "arguments": {"function_names": names},
+            "signature": "c2ln",
+        },
+        st.lists(st.text(max_size=4), max_size=2),
+    ),
+    st.just(
+        {
+            "type": "tool_search_result",
+            "call_id": "t1",
+            "result": [{"type": "function", "name": "f"}],
+            "signature": "c2ln",
+        }
+    ),
+    st.builds(lambda extra: {**extra, "type": "brand_new_step"}, plain),
+)
+any_steps = st.lists(
+    st.one_of(answer_steps, st.builds(lambda c: {"type": "user_input", "content": c}, parts)),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(steps=any_steps)
+def test_answer_helpers_match_the_sdk_on_any_steps(steps: list[dict[str, Any]]) -> None:
+    interaction = pytest.importorskip("google.genai._gaos.types.interactions.interaction")
+    sdk = interaction.Interaction.model_validate(
+        {"id": "i", "status": "completed", "steps": json.loads(json.dumps(steps))}
+    )
+    turn = cs.Turn(
+        record=cs.TurnRecord(
+            conversation_id="c", seq=1, mode_used="stateless", reason="chained", status="x"
+        ),
+        input_steps=[],
+        steps=steps,
+    )
+    assert turn.text == (sdk.output_text or "")
+    for ours, theirs in [
+        (turn.output_image, sdk.output_image),
+        (turn.output_audio, sdk.output_audio),
+        (turn.output_video, sdk.output_video),
+    ]:
+        assert ours == (None if theirs is None else theirs.model_dump(mode="json"))
+
+
+def stream_events(steps: list[dict[str, Any]], *, chunk: int) -> list[dict[str, Any]]:
+    """The events a server streams for an answer of ``steps``, without the final ``steps``."""
+    events: list[dict[str, Any]] = [
+        {"event_type": "interaction.created", "interaction": {"id": "i", "status": "in_progress"}}
+    ]
+    for index, step in enumerate(steps):
+        kind = step["type"]
+        deltas: list[dict[str, Any]] = []
+        if kind == "model_output":
+            # The skeleton says whether the step has a content list at all (an empty one too).
+            start: dict[str, Any] = {k: [] for k in ("content",) if k in step}
+            start["type"] = kind
+            for part in step.get("content", []):
+                if part["type"] == "text":
+                    text = part["text"]
+                    pieces = [text[i : i + chunk] for i in range(0, len(text), chunk)] or [""]
+                    deltas += [{"type": "text", "text": piece} for piece in pieces]
+                else:
+                    deltas.append(part)
+        elif kind == "thought":
+            start = {"type": kind, "summary": []}
+            deltas += [{"type": "thought_summary", "content": c} for c in step["summary"]]
+            deltas.append({"type": "thought_signature", "signature": step["signature"]})
+        elif kind == "function_call":
+            start = {**step, "arguments": {}}
+            encoded = json.dumps(step["arguments"])
+            deltas += [
+                {"type": "arguments_delta", "arguments": encoded[i : i + chunk]}
+                for i in range(0, len(encoded), chunk)
+            ]
+        elif kind == "function_result":
+            start = {"type": kind, "call_id": step["call_id"]}
+            deltas.append({"type": kind, "result": step["result"], "name": step["name"]})
+        elif kind.startswith("tool_search"):
+            start = {k: v for k, v in step.items() if k in ("type", "id", "call_id")}
+            deltas.append({k: v for k, v in step.items() if k not in ("id", "call_id")})
+        else:
+            start = step
+        events.append({"event_type": "step.start", "index": index, "step": start})
+        events += [{"event_type": "step.delta", "index": index, "delta": d} for d in deltas]
+        events.append({"event_type": "step.stop", "index": index})
+    events.append(
+        {"event_type": "interaction.completed", "interaction": {"id": "i", "status": "completed"}}
+    )
+    return events
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(steps=st.lists(answer_steps, max_size=5), chunk=st.integers(1, 6))
+def test_a_streamed_answer_stores_the_steps_of_the_same_answer_sent_unary(
+    steps: list[dict[str, Any]], chunk: int
+) -> None:
+    from convostore._core.streaming import StreamAccumulator
+
+    accumulator = StreamAccumulator()
+    for event in stream_events(copy.deepcopy(steps), chunk=chunk):
+        accumulator.add(event)
+    assert accumulator.completed
+    assert exact(accumulator.steps) == exact(steps)
+    assert (
+        accumulator.interaction().output_text
+        == cs.Interaction.from_raw({"status": "completed", "steps": steps}).output_text
+    )

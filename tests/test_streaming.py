@@ -177,14 +177,35 @@ def test_function_result_and_tool_deltas() -> None:
     assert acc.unknown_deltas == []
 
 
-def test_unknown_delta_is_kept_aside_and_the_step_left_alone() -> None:
+def test_unknown_delta_is_an_unknown_content_part_kept_verbatim() -> None:
     acc = run(
         start(0, {"type": "model_output"}),
-        delta(0, type="sparkle", glitter=3),
+        delta(0, type="text", text="look: "),
+        delta(0, type="sparkle", glitter=3, nested={"a": [1, None]}),
         delta(0, type="text", text="ok"),
+        start(1, {"type": "thought", "signature": "s"}),
+        delta(1, type="hologram", frames=2),
         completed(),
     )
-    assert acc.steps == [{"type": "model_output", "content": [{"type": "text", "text": "ok"}]}]
+    sparkle = {"type": "sparkle", "glitter": 3, "nested": {"a": [1, None]}}
+    assert acc.steps == [
+        {
+            "type": "model_output",
+            "content": [
+                {"type": "text", "text": "look: "},
+                sparkle,
+                {"type": "text", "text": "ok"},
+            ],
+        },
+        {"type": "thought", "signature": "s", "summary": [{"type": "hologram", "frames": 2}]},
+    ]
+    assert acc.unknown_deltas == [(0, sparkle), (1, {"type": "hologram", "frames": 2})]
+
+
+def test_unknown_delta_on_a_step_without_content_is_listed_and_the_step_left_alone() -> None:
+    call = {"type": "function_call", "id": "c", "name": "f", "arguments": {"a": 1}}
+    acc = run(start(0, dict(call)), delta(0, type="sparkle", glitter=3), completed())
+    assert acc.steps == [call]
     assert acc.unknown_deltas == [(0, {"type": "sparkle", "glitter": 3})]
 
 
@@ -261,3 +282,112 @@ def test_parsed_events_are_accepted_and_inputs_not_mutated() -> None:
         == [{"type": "model_output", "content": [{"type": "text", "text": "ab"}]}]
     )
     assert from_dicts.raw_interaction() == from_models.raw_interaction()
+
+
+def status_update(status: str, token: str | None = None, **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_type": "interaction.status_update",
+        "interaction_id": "int_1",
+        "status": status,
+        **extra,
+    }
+    if token is not None:
+        event["continuation_token"] = token
+    return event
+
+
+def test_tool_search_steps_are_rebuilt_from_their_deltas() -> None:
+    call = {
+        "type": "tool_search_call",
+        "id": "ts1",
+        "arguments": {"function_names": ["get_weather"]},
+        "signature": "c2ln",
+    }
+    result = {
+        "type": "tool_search_result",
+        "call_id": "ts1",
+        "result": [{"type": "function", "name": "get_weather"}],
+        "signature": "c2ln",
+    }
+    acc = run(
+        created(),
+        start(0, {"type": "tool_search_call", "id": "ts1"}),
+        delta(0, type="tool_search_call", arguments=call["arguments"], signature="c2ln"),
+        stop(0),
+        start(1, {"type": "tool_search_result", "call_id": "ts1"}),
+        delta(1, type="tool_search_result", result=result["result"], signature="c2ln"),
+        stop(1),
+        completed(),
+    )
+    assert acc.steps == [call, result]
+    assert acc.unknown_deltas == []
+
+
+def test_status_updates_record_status_token_usage_and_checkpoint() -> None:
+    acc = run(created())
+    assert (acc.status, acc.continuation_token, acc.checkpoint) == ("in_progress", None, None)
+    assert not acc.can_resume  # nothing to resume from yet
+    acc.add(status_update("in_progress", "tok1", usage={"total_tokens": 7}))
+    assert acc.checkpoint is not None
+    assert (acc.checkpoint.token, acc.checkpoint.owner_id) == ("tok1", "int_1")
+    assert acc.usage == {"total_tokens": 7}
+    assert acc.can_resume and not acc.content_since_checkpoint
+    acc.add(start(0, {"type": "model_output"}))
+    acc.add(delta(0, type="text", text="Hel"))
+    assert acc.content_since_checkpoint and not acc.can_resume  # resuming would repeat "Hel"
+    acc.add(status_update("in_progress"))  # no token: not a checkpoint
+    assert acc.content_since_checkpoint
+    acc.add(status_update("in_progress", "tok2"))
+    assert acc.checkpoint is not None and acc.checkpoint.token == "tok2"
+    assert acc.can_resume
+    raw = acc.raw_interaction()
+    assert raw["continuation_token"] == "tok2" and raw["status"] == "in_progress"
+    assert raw["usage"] == {"total_tokens": 7}
+    assert raw["steps"] == [{"type": "model_output", "content": [{"type": "text", "text": "Hel"}]}]
+
+
+def test_the_completed_snapshot_is_authoritative_for_the_token() -> None:
+    acc = run(created(), status_update("in_progress", "tok1"), completed())
+    assert acc.continuation_token is None and acc.checkpoint is None
+    assert "continuation_token" not in acc.interaction().raw
+    acc = run(created(), status_update("in_progress", "tok1"))
+    acc.add(completed("requires_continuation", continuation_token="tok9"))
+    interaction = acc.interaction()
+    assert (interaction.status, interaction.continuation_token) == ("requires_continuation", "tok9")
+    assert acc.checkpoint is not None and acc.checkpoint.token == "tok9"
+    assert acc.can_resume and not acc.content_since_checkpoint
+
+
+def test_an_error_event_leaves_nothing_to_resume_from() -> None:
+    acc = run(
+        created(),
+        status_update("in_progress", "tok1"),
+        {"event_type": "error", "error": {"code": "internal", "message": "boom"}},
+    )
+    assert acc.continuation_token == "tok1"  # what the server said, kept on the interaction
+    assert acc.checkpoint is None and not acc.can_resume
+
+
+@pytest.mark.parametrize("claimed", ["completed", "requires_action"])
+def test_a_stream_that_did_not_complete_is_never_reported_finished(claimed: str) -> None:
+    acc = run(
+        {"event_type": "interaction.created", "interaction": {"id": "int_1", "status": claimed}},
+        start(0, {"type": "model_output"}),
+        delta(0, type="text", text="partial"),
+        status_update(claimed),
+    )
+    assert acc.status == claimed  # what the events said ...
+    assert acc.interaction().status == "in_progress"  # ... is not an answer without completion
+    acc.add(completed(claimed))
+    assert acc.interaction().status == claimed
+
+
+def test_a_request_that_resumes_seeds_the_checkpoint() -> None:
+    from convostore._core.continuation import Checkpoint
+
+    acc = StreamAccumulator(resume_from=Checkpoint("tok0", "int_0"))
+    assert acc.checkpoint == Checkpoint("tok0", "int_0") and acc.can_resume
+    acc.add(created("int_2"))
+    assert acc.checkpoint == Checkpoint("tok0", "int_0")  # still owned by its issuer
+    acc.add(status_update("in_progress", "tok1"))
+    assert acc.checkpoint == Checkpoint("tok1", "int_1")

@@ -25,6 +25,7 @@ from .._client_base import (
     retry_delay,
     status_error,
 )
+from .._core.continuation import request_checkpoint
 from .._core.streaming import BaseInteractionStream
 from .._exceptions import APIError, StreamError, ValidationError
 from ..models import Interaction, StepDeltaEvent, TextDelta
@@ -296,6 +297,11 @@ class AsyncInteractionStream(BaseInteractionStream):
     yielded); so does a stream that ends, or is cut, before ``interaction.completed``. After the
     stream, :attr:`interaction` is the assembled interaction (see ``convostore._core.streaming``).
     Use :meth:`text_deltas` to get the answer's text as it arrives.
+
+    After a cut, :attr:`checkpoint` (the latest ``continuation_token`` and the interaction that
+    issued it), :attr:`content_since_checkpoint` and :attr:`can_resume` tell whether the answer
+    can be resumed (``convostore._core.continuation.continuation_body``) without repeating
+    output, and :attr:`partial_interaction` holds what arrived.
     """
 
     def __init__(
@@ -308,7 +314,7 @@ class AsyncInteractionStream(BaseInteractionStream):
         params: Mapping[str, str] | None = None,
         idempotent: bool,
     ) -> None:
-        super().__init__()
+        super().__init__(resume_from=None if body is None else request_checkpoint(body))
         self._client = client
         self._request = (method, url, body, params, idempotent)
         self._response: httpx.Response | None = None

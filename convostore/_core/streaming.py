@@ -12,15 +12,27 @@ The rules are those of ``interactions-api.md`` §8.4:
   ``thought`` step); ``text_annotation_delta`` extends the ``annotations`` of the last text part;
   ``function_result`` sets ``result`` (and ``name``/``is_error`` when given);
 - a delta of any other type whose ``type`` names the step's own type (the tool-call and
-  tool-result deltas) has its keys merged into the step; any other unknown delta leaves the step
-  as it is and is kept, in arrival order, on :attr:`StreamAccumulator.unknown_deltas` as
-  ``(index, delta)`` so nothing the server sent is lost silently;
+  tool-result deltas, ``tool_search_call``/``tool_search_result`` included) has its keys merged
+  into the step;
+- a delta of a type this version does not know is a content part of a type it does not know:
+  it is appended verbatim, like a media delta, to ``content`` (``summary`` on a ``thought``
+  step), so a streamed answer stores the same steps as the same answer sent unary. On a step
+  that holds no content (a tool call or result, a step type this version does not know) it
+  leaves the step as it is. Either way it is also listed, in arrival order, on
+  :attr:`StreamAccumulator.unknown_deltas` as ``(index, delta)``;
 - ``interaction.created`` / ``interaction.status_update`` / ``interaction.completed`` give the
-  id, status, usage and the other interaction fields.
+  id, status, usage, ``continuation_token`` and the other interaction fields. The
+  ``interaction.completed`` snapshot is authoritative: a token it does not carry is cleared.
 
 When ``interaction.completed`` carries ``interaction.steps``, those steps are taken verbatim and
 the rebuilt ones are discarded: the server's own final record is authoritative, the deltas are
 only a reconstruction of it.
+
+Resuming (``convostore._core.continuation``): every event also updates the stream's latest
+checkpoint (a ``continuation_token`` and the interaction that issued it) and whether output
+arrived since it, by the SDK's rules, so a driver can tell whether a cut stream can be resumed
+without duplicating output. A stream that ended without ``interaction.completed`` is never
+reported ``completed`` (nor ``requires_action``): its interaction says ``in_progress``.
 """
 
 from __future__ import annotations
@@ -34,12 +46,21 @@ from pydantic import BaseModel
 
 from .._exceptions import StreamError
 from .._sse import ServerSentEvent, SSEDecoder
-from ..models import Interaction, JSONObject, parse_event, to_wire
+from ..models import TERMINAL_OK, Interaction, JSONObject, parse_event, to_wire
+from .continuation import (
+    Checkpoint,
+    can_resume_stream_hop,
+    event_interaction_id,
+    extract_hop_state,
+    has_content_since_checkpoint,
+)
 
 __all__ = ["BaseInteractionStream", "StreamAccumulator"]
 
 _MEDIA_DELTAS = frozenset({"image", "audio", "video", "document"})
 _THOUGHT_DELTAS = frozenset({"thought_summary", "thought_signature"})
+# Steps whose deltas of an unknown type are content parts.
+_CONTENT_STEPS = {"model_output": "content", "user_input": "content", "thought": "summary"}
 
 
 class StreamAccumulator:
@@ -47,9 +68,13 @@ class StreamAccumulator:
 
     Events may be given as parsed models (``convostore.models.parse_event``) or as the raw
     ``data`` dicts. Payloads are copied, never mutated.
+
+    Args:
+        resume_from: the checkpoint the request itself resumes from (its
+            ``continuation_token``), so a cut before the stream's first checkpoint can retry it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, resume_from: Checkpoint | None = None) -> None:
         self._interaction: JSONObject = {}
         self._steps: dict[int, JSONObject] = {}
         self._arguments: dict[int, str] = {}
@@ -57,6 +82,12 @@ class StreamAccumulator:
         self.unknown_deltas: list[tuple[int, JSONObject]] = []
         self.error: JSONObject | None = None
         self.completed = False
+        # The hop state of the SDK's StreamContinuation for this one stream.
+        self._hop_id: str | None = None
+        self._hop_status: str | None = None
+        self._token = resume_from.token if resume_from else None
+        self._token_owner = resume_from.owner_id if resume_from else None
+        self._content_since_checkpoint = False
 
     # ------------------------------------------------------------------ input
 
@@ -67,10 +98,15 @@ class StreamAccumulator:
             StreamError: an ``arguments_delta`` stream that does not parse as a JSON object.
         """
         data = to_wire(event) if isinstance(event, BaseModel) else dict(event)
+        self._observe(data)
         kind = data.get("event_type")
         if kind in ("interaction.created", "interaction.completed"):
-            self._merge_interaction(data.get("interaction"))
+            snapshot = data.get("interaction")
+            self._merge_interaction(snapshot)
             if kind == "interaction.completed":
+                if not isinstance(snapshot, Mapping) or not snapshot.get("continuation_token"):
+                    # The final snapshot is authoritative: no token there, no token.
+                    self._interaction.pop("continuation_token", None)
                 self._finish_all()
                 self.completed = True
         elif kind == "interaction.status_update":
@@ -94,6 +130,18 @@ class StreamAccumulator:
             error = data.get("error")
             self.error = dict(error) if isinstance(error, Mapping) else {}
 
+    def _observe(self, data: Mapping[str, Any]) -> None:
+        hop_id = event_interaction_id(data)
+        if hop_id:
+            self._hop_id = hop_id
+        previous = self._token
+        self._hop_status, self._token = extract_hop_state(data, self._hop_status, self._token)
+        if self._token and self._token != previous:
+            self._token_owner = self._hop_id
+        self._content_since_checkpoint = has_content_since_checkpoint(
+            data, self._content_since_checkpoint
+        )
+
     # ------------------------------------------------------------------ output
 
     @property
@@ -103,8 +151,46 @@ class StreamAccumulator:
 
     @property
     def status(self) -> str | None:
+        """The latest status the interaction events gave (``interaction.created``,
+        ``interaction.status_update``, ``interaction.completed``), None before any."""
         value = self._interaction.get("status")
         return value if isinstance(value, str) else None
+
+    @property
+    def usage(self) -> JSONObject | None:
+        """The latest usage the interaction events gave (wire JSON)."""
+        value = self._interaction.get("usage")
+        return copy.deepcopy(value) if isinstance(value, dict) else None
+
+    @property
+    def continuation_token(self) -> str | None:
+        """The latest continuation token the interaction events carried (cleared by an
+        ``interaction.completed`` without one): the assembled interaction's token."""
+        value = self._interaction.get("continuation_token")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The latest point the stream could be resumed from, by the SDK's rules: the latest
+        token and the interaction that issued it (before any, the request's own
+        ``resume_from``); None without a token, or after an ``error`` event (the SDK does not
+        resume from an error the server reported)."""
+        return Checkpoint(self._token, self._token_owner) if self._token else None
+
+    @property
+    def content_since_checkpoint(self) -> bool:
+        """Whether output (a step event, an error, an unknown event) arrived since the latest
+        checkpoint; resuming then would generate that output again."""
+        return self._content_since_checkpoint
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether a cut now can be resumed from :attr:`checkpoint` without duplicating output:
+        a token, a resumable status (none yet, ``in_progress``, ``requires_continuation``) and
+        no output since the token."""
+        return not self._content_since_checkpoint and can_resume_stream_hop(
+            self._hop_status, self._token
+        )
 
     @property
     def steps(self) -> list[JSONObject]:
@@ -117,6 +203,9 @@ class StreamAccumulator:
         """The interaction as a wire dict: the fields of the interaction events plus ``steps``."""
         raw = copy.deepcopy(self._interaction)
         raw.setdefault("status", "in_progress")
+        if not self.completed and raw["status"] in TERMINAL_OK:
+            # Only interaction.completed says the answer is whole.
+            raw["status"] = "in_progress"
         raw["steps"] = self.steps
         return raw
 
@@ -180,7 +269,10 @@ class StreamAccumulator:
         elif delta_type and delta_type == step.get("type"):
             step.update({k: v for k, v in delta.items() if k != "type"})
         else:
-            self.unknown_deltas.append((index, delta))
+            self.unknown_deltas.append((index, copy.deepcopy(delta)))
+            parts_key = _CONTENT_STEPS.get(str(step.get("type")))
+            if parts_key is not None:
+                step.setdefault(parts_key, []).append(delta)
 
     def _finish(self, index: int) -> None:
         text = self._arguments.pop(index, None)
@@ -215,11 +307,16 @@ def _last_text_part(step: JSONObject) -> JSONObject:
 
 
 class BaseInteractionStream:
-    """Event handling shared by both stream flavours: SSE decoding, parsing, accumulation."""
+    """Event handling shared by both stream flavours: SSE decoding, parsing, accumulation.
 
-    def __init__(self) -> None:
+    What a driver needs to resume a cut stream (``convostore._core.continuation``) is read
+    here: :attr:`checkpoint` (token and owner interaction id), :attr:`content_since_checkpoint`
+    and :attr:`can_resume`, plus :attr:`partial_interaction` for what arrived so far.
+    """
+
+    def __init__(self, *, resume_from: Checkpoint | None = None) -> None:
         self._decoder = SSEDecoder()
-        self._accumulator = StreamAccumulator()
+        self._accumulator = StreamAccumulator(resume_from=resume_from)
         self._pending: list[ServerSentEvent] = []
         self._eof = False
         self._finished = False
@@ -238,8 +335,41 @@ class BaseInteractionStream:
 
     @property
     def unknown_deltas(self) -> list[tuple[int, dict[str, Any]]]:
-        """Deltas no rule applied to, as ``(step index, delta)``; see ``StreamAccumulator``."""
+        """Deltas of a type this version does not know, as ``(step index, delta)``; see
+        ``StreamAccumulator``."""
         return self._accumulator.unknown_deltas
+
+    @property
+    def partial_interaction(self) -> Interaction:
+        """What arrived so far, assembled; its status is never ``completed`` (nor
+        ``requires_action``) unless ``interaction.completed`` arrived."""
+        return self._accumulator.interaction()
+
+    @property
+    def status(self) -> str | None:
+        """The latest status the stream reported (None before any)."""
+        return self._accumulator.status
+
+    @property
+    def continuation_token(self) -> str | None:
+        """The latest continuation token the stream carried (see ``StreamAccumulator``)."""
+        return self._accumulator.continuation_token
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The latest resume point: the token and the id of the interaction that issued it
+        (for a request that itself resumes, its own token until a newer one arrives)."""
+        return self._accumulator.checkpoint
+
+    @property
+    def content_since_checkpoint(self) -> bool:
+        """Whether output arrived after :attr:`checkpoint` (resuming would repeat it)."""
+        return self._accumulator.content_since_checkpoint
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether a cut now can be resumed from :attr:`checkpoint` without repeating output."""
+        return self._accumulator.can_resume
 
     def _feed(self, chunk: bytes | None) -> None:
         if chunk is None:
