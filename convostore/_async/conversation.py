@@ -517,6 +517,7 @@ class AsyncTurnStream:
                 resume = self._resume_body()
                 if resume is None:
                     raise
+                machine.resumed(self._api.partial_interaction)
                 await self._open(resume)
                 continue
             if isinstance(event, InteractionCreatedEvent) and machine.pending.store:
@@ -529,16 +530,20 @@ class AsyncTurnStream:
     def _resume_body(self) -> JSONObject | None:
         """The request that resumes a cut stream from its last checkpoint, as the SDK does
         (at most ``MAX_RESUMES`` times without progress), or None."""
-        checkpoint = getattr(self._api, "checkpoint", None)
-        machine = self._machine
-        if checkpoint is None or machine is None or self._body is None:
+        machine, api = self._machine, self._api
+        if machine is None or self._body is None or not api.can_resume:
             return None
-        token, owner_id, content_since = checkpoint
-        if not token or content_since or self._resumes >= MAX_RESUMES:
+        checkpoint = api.checkpoint
+        progressed = checkpoint.token != self._body.get("continuation_token")
+        self._resumes = 1 if progressed else self._resumes + 1
+        if self._resumes > MAX_RESUMES:
             return None
-        self._resumes += 1
+        owner_id = checkpoint.owner_id if machine.pending.store else None
         return continuation_body(
-            machine.body or self._body, token=token, owner_id=owner_id, store=machine.pending.store
+            machine.body or self._body,
+            token=checkpoint.token,
+            owner_id=owner_id,
+            store=machine.pending.store,
         )
 
     async def text_deltas(self) -> AsyncIterator[str]:

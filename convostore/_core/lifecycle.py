@@ -355,6 +355,16 @@ class TurnLifecycle:
         )
         return self.pending
 
+    def resumed(self, partial: Interaction) -> None:
+        """A cut stream is resumed from its last checkpoint: what it produced up to there is
+        a hop of the answer (the resumed request produces the rest)."""
+        self._expect(Phase.PENDING, Phase.SENT, Phase.CONTINUING)
+        if self.hops and partial.id and self.hops[-1].id == partial.id:
+            self.hops[-1] = partial
+        else:
+            self.hops.append(partial)
+        self.phase = Phase.CONTINUING
+
     def abandoned(self, error: Exception | None = None) -> Release:
         """The caller left (or the stream broke) before the answer was complete: nothing is
         committed and what the server stored for it is deleted."""
