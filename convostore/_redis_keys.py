@@ -7,12 +7,21 @@ touch them all on Redis Cluster)::
     <prefix>{<id>}:t   list: one JSON ``[first_step_seq, status, turn]`` per turn, in seq order
     <prefix>{<id>}:s   list: one JSON ``[turn_seq, payload]`` per step, in seq order
     <prefix>{<id>}:k   hash: idempotency key -> turn seq
+    <prefix>{<id>}:p   hash: the turn in flight, if any (see ``pending_fields``)
 
 Indexes (each in a slot of its own; written outside the scripts)::
 
     <prefix>idx:all                  every conversation
     <prefix>idx:t:<tenant>           a tenant's conversations
     <prefix>idx:u:<tenant>/<user>    one user's conversations in a tenant
+    <prefix>pidx:all                 every turn in flight (oldest first)
+    <prefix>pidx:t:<tenant>          a tenant's turns in flight
+
+The outbox is one hash of items (id -> JSON) and a sorted set of their ids by next attempt
+(score: microseconds since the epoch), both under the hash tag ``{outbox}`` so a MULTI or a
+script may touch the two on Redis Cluster::
+
+    <prefix>{outbox}:items   <prefix>{outbox}:due
 
 Index sorted sets hold every member at score 0, so members sort by their bytes:
 ``<19-digit microseconds since 0001-01-01>|<id>`` sorts exactly by ``(created_at, id)`` and
@@ -22,6 +31,7 @@ braces (``models.check_id``), so neither keys nor members can collide.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -29,9 +39,18 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ._core.store_rules import APPEND_FIELDS, TurnSpan, dumps, epoch_us, loads, stored_step
+from ._core.store_rules import (
+    APPEND_FIELDS,
+    PENDING_PROGRESS_FIELDS,
+    TurnSpan,
+    decode_pending,
+    dumps,
+    epoch_us,
+    loads,
+    stored_step,
+)
 from ._exceptions import ConfigurationError, CorruptRecordError
-from .models import ConversationRecord, StoredStep, TurnRecord
+from .models import ConversationRecord, PendingTurnRecord, StoredStep, TurnRecord
 
 DEFAULT_PREFIX = "convostore:"
 
@@ -76,6 +95,26 @@ def index_keys(prefix: str, tenant: str, user: str | None) -> list[str]:
     if user is not None:
         keys.append(f"{prefix}idx:u:{tenant}/{user}")
     return keys
+
+
+def pending_key(prefix: str, conversation_id: str) -> str:
+    """The hash of a conversation's turn in flight (same hash tag as the conversation)."""
+    return f"{prefix}{{{conversation_id}}}:p"
+
+
+def pending_index_keys(prefix: str, tenant: str) -> list[str]:
+    """The sorted sets a turn in flight of ``tenant`` is listed in."""
+    return [f"{prefix}pidx:all", f"{prefix}pidx:t:{tenant}"]
+
+
+def outbox_keys(prefix: str) -> list[str]:
+    """The outbox's item hash and its due-time sorted set (one hash tag)."""
+    return [f"{prefix}{{outbox}}:items", f"{prefix}{{outbox}}:due"]
+
+
+def sha(source: str) -> str:
+    """The SHA1 by which Redis caches a script."""
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
 def index_member(created_at: datetime, conversation_id: str) -> str:
@@ -148,6 +187,40 @@ def decode_steps(conversation_id: str, first: int, raw: Sequence[bytes]) -> list
     return steps
 
 
+def pending_fields(pending: PendingTurnRecord, member: str, token: str) -> list[str]:
+    """Flat field/value pairs for the pending hash: the progress fields as JSON text each
+    (``update_pending`` rewrites only those), the others as one JSON document under ``_rec``;
+    and, for the scripts, the tenant (as the record hash holds it), the raw key (``_key``),
+    the lease expiry in microseconds (``_exp``), the index member (``_m``), a write token."""
+    data = pending.model_dump(mode="json")
+    rest = {k: v for k, v in data.items() if k not in PENDING_PROGRESS_FIELDS}
+    flat = ["tenant", dumps(pending.tenant), "_key", pending.idempotency_key]
+    flat += ["_rec", dumps(rest), "_m", member, "_w", token]
+    return flat + progress_fields(pending)
+
+
+def progress_fields(pending: PendingTurnRecord) -> list[str]:
+    """The field/value pairs ``update_pending`` writes (with the lease expiry ``_exp``)."""
+    data = pending.model_dump(mode="json", include=set(PENDING_PROGRESS_FIELDS))
+    flat = ["_exp", str(epoch_us(pending.lease_expires_at))]
+    for name in PENDING_PROGRESS_FIELDS:
+        flat += [name, dumps(data[name])]
+    return flat
+
+
+def decode_pending_hash(raw: Any) -> PendingTurnRecord:
+    """A pending turn from HGETALL's answer (a dict, or a flat list from a script)."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    try:
+        fields = {k.decode(): v for k, v in pairs}
+        data = loads(fields["_rec"], "stored pending turn")
+        for name in PENDING_PROGRESS_FIELDS:
+            data[name] = loads(fields[name], "stored pending turn")
+    except (KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"stored pending turn does not parse: {exc}") from exc
+    return decode_pending(data)
+
+
 # --------------------------------------------------------------------------- scripts
 
 # True when the hash at ``key`` holds every field/value pair of ARGV[first..first+2n-1]:
@@ -211,17 +284,24 @@ def append_values(record: ConversationRecord) -> list[str]:
     return [*(dumps(data[name]) for name in APPEND_FIELDS), os.urandom(16).hex()]
 
 
-# KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, idempotency key
-# or "", turn element, turn seq, stored turn count, stored step count, append_values…,
-# steps…  The TTL follows the stored "_exp" field (ms, or "" for none).  Returns {0}
-# missing, {1, turn} key already used, {2, version} stale, {4} counts do not continue, {3}
-# written (also for a re-run of itself, found by its "_w" token).
+# KEYS: record, turns, steps, keys, pending.  ARGV: tenant JSON, expected version,
+# idempotency key or "", turn element, turn seq, stored turn count, stored step count,
+# append_values…, steps…  The TTL follows the stored "_exp" field (ms, or "" for none).
+# Returns {0} missing, {1, turn, m} key already used, {2, version} stale, {4} counts do not
+# continue, {3, m} written (also for a re-run of itself, found by its "_w" token); m is the
+# index member of the pending turn carrying the key, deleted with the write, or nil.
 APPEND = f"""
+local function drop_pending()
+  if ARGV[3] == '' or redis.call('HGET', KEYS[5], '_key') ~= ARGV[3] then return false end
+  local member = redis.call('HGET', KEYS[5], '_m')
+  redis.call('DEL', KEYS[5])
+  return member
+end
 local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', 'step_count', '_exp')
 if now[1] ~= ARGV[1] then return {{0}} end
 if ARGV[3] ~= '' then
   local seq = redis.call('HGET', KEYS[4], ARGV[3])
-  if seq then return {{1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)}} end
+  if seq then return {{1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1), drop_pending()}} end
 end
 if now[2] ~= ARGV[2] then
   if tonumber(now[2]) == tonumber(ARGV[2]) + 1 then
@@ -241,15 +321,17 @@ redis.call('HSET', KEYS[1], {_HSET_APPEND})
 for j = {_FIRST_STEP}, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
+local member = drop_pending()
 if now[5] and now[5] ~= '' then
   for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, now[5]) end
 end
-return {{3}}
+return {{3, member}}
 """
 
-# KEYS: record, turns, steps, keys.  ARGV: tenant JSON, expected version, field count,
-# fields/values… (including "_exp").  Returns {0} missing, {2, version} stale, or
-# {3, fields} with the record's fields after the update (also for a re-run of itself).
+# KEYS: record, turns, steps, keys, pending.  ARGV: tenant JSON, expected version, field
+# count, fields/values… (including "_exp", the TTL every key then takes).  Returns {0}
+# missing, {2, version} stale, or {3, fields} with the record's fields after the update
+# (also for a re-run of itself).
 UPDATE = (
     _SAME
     + """
@@ -272,8 +354,9 @@ return {3, redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: record, turns, steps, keys, tombstone.  ARGV: tenant JSON, token of this call.
-# Returns the user and created_at of the deleted record (what its index entries need), or {}.
+# KEYS: record, turns, steps, keys, tombstone, pending.  ARGV: tenant JSON, token of this
+# call.  Returns the user and created_at of the deleted record and the index member of its
+# pending turn under "_pm", if any (what the index entries need), or {}.
 # The tombstone keeps just those and the token for a minute, so that a re-run of an applied
 # delete (its reply lost) still reports the deletion and lets the caller clean the indexes.
 DELETE = """
@@ -282,9 +365,69 @@ if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then
   return {}
 end
 local kept = redis.call('HMGET', KEYS[1], 'user', 'created_at')
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local pending = redis.call('HGET', KEYS[6], '_m')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
 local fields = {'user', kept[1] or 'null', 'created_at', kept[2] or 'null'}
+if pending then
+  table.insert(fields, '_pm')
+  table.insert(fields, pending)
+end
 redis.call('HSET', KEYS[5], '_w', ARGV[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[5], 60000)
 return fields
+"""
+
+# KEYS: record, pending.  ARGV: tenant JSON, planned version, stored turn count expected,
+# token of this call, pending fields…  The pending hash takes the conversation's TTL.
+# Returns {0} missing, {1, pending} a turn is in flight, {2, version} stale, {4} not the
+# next seq, {3} written (also for a re-run of itself, found by its token).
+BEGIN = """
+local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', '_exp')
+if now[1] ~= ARGV[1] then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('HGET', KEYS[2], '_w') == ARGV[4] then return {3} end
+  return {1, redis.call('HGETALL', KEYS[2])}
+end
+if now[2] ~= ARGV[2] then return {2, now[2]} end
+if now[3] ~= ARGV[3] then return {4} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+if now[4] and now[4] ~= '' then redis.call('PEXPIREAT', KEYS[2], now[4]) end
+return {3}
+"""
+
+# KEYS: pending.  ARGV: tenant JSON, key, owner JSON, progress fields…  Returns 1 when
+# written, 0 when the pending turn is gone, another's, or held by another owner.
+UPDATE_PENDING = """
+local s = redis.call('HMGET', KEYS[1], 'tenant', '_key', 'lease_owner')
+if s[1] ~= ARGV[1] or s[2] ~= ARGV[2] or s[3] ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+return 1
+"""
+
+# KEYS: pending.  ARGV: tenant JSON, owner JSON, now (us), new expiry (us), new expiry JSON.
+# Compare-and-set of the lease: returns the pending hash after the claim, or nil.
+CLAIM = """
+local s = redis.call('HMGET', KEYS[1], 'tenant', 'lease_owner', '_exp')
+if s[1] ~= ARGV[1] then return false end
+if s[2] ~= ARGV[2] and tonumber(s[3]) > tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_expires_at', ARGV[5], '_exp', ARGV[4])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: pending.  ARGV: tenant JSON, key.  Returns the index member of the deleted pending
+# turn, or nil when there was none with that key.
+RELEASE = """
+local s = redis.call('HMGET', KEYS[1], 'tenant', '_key', '_m')
+if s[1] ~= ARGV[1] or s[2] ~= ARGV[2] then return false end
+redis.call('DEL', KEYS[1])
+return s[3]
+"""
+
+# KEYS: outbox items, outbox due.  ARGV: id, the item's JSON as read, its new JSON, score.
+# Returns 1 when written, 0 when the item was removed or changed since it was read.
+UPDATE_OUTBOX = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 1
 """

@@ -39,7 +39,17 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ._core.store_rules import APPEND_FIELDS, REQUIRES_ACTION, UPDATE_FIELDS, dumps
+from ._core.store_rules import (
+    APPEND_FIELDS,
+    PENDING_PROGRESS_FIELDS,
+    REQUIRES_ACTION,
+    UPDATE_FIELDS,
+    decode_outbox,
+    decode_pending,
+    dumps,
+    loads,
+    pending_data,
+)
 from ._exceptions import (
     ConfigurationError,
     CorruptRecordError,
@@ -49,7 +59,14 @@ from ._exceptions import (
     ValidationError,
 )
 from ._urls import redact
-from .models import ConversationRecord, StoredStep, TurnCommit, TurnRecord
+from .models import (
+    ConversationRecord,
+    OutboxItem,
+    PendingTurnRecord,
+    StoredStep,
+    TurnCommit,
+    TurnRecord,
+)
 
 __all__ = [
     "conversations",
@@ -57,6 +74,8 @@ __all__ = [
     "jsonb_safe",
     "metadata",
     "normalize_url",
+    "outbox",
+    "pending_turns",
     "steps",
     "translate_errors",
     "turns",
@@ -194,6 +213,59 @@ steps = sa.Table(
     sa.Column("payload_text", sa.Text(), nullable=True),
     # seq rides along so "first/last step of a turn" is answered from the index alone
     sa.Index(None, "conversation_id", "turn_seq", "seq"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# JSON text no backend looks into; LONGTEXT on MySQL, whose TEXT stops at 64 KB
+_DOCUMENT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
+
+# A turn in flight (at most one per conversation). The fields no query filters on and that
+# never change after begin_turn (PENDING_DATA_FIELDS) are one JSON document in ``data``,
+# kept as text so input steps round-trip verbatim (JSONB would not keep every payload).
+pending_turns = sa.Table(
+    "pending_turns",
+    metadata,
+    sa.Column(
+        "conversation_id",
+        _id(),
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tenant", _id(), nullable=False),
+    sa.Column("seq", sa.Integer(), nullable=False),
+    sa.Column("planned_version", sa.Integer(), nullable=False),
+    sa.Column("idempotency_key", _KEY, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("lease_owner", _id(), nullable=False),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("interaction_id", sa.Text(), nullable=True),
+    sa.Column("continuation_token", sa.Text(), nullable=True),
+    sa.Column("hop_ids", _DOCUMENT, nullable=False),
+    sa.Column("data", _DOCUMENT, nullable=False),
+    sa.Index(None, "created_at", "conversation_id"),
+    sa.Index(None, "lease_expires_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Server-side effects still to be done. No foreign key: an item outlives its conversation.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("tenant", _id(), nullable=False),
+    sa.Column("conversation_id", _id(), nullable=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target", sa.Text(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "next_attempt_at"),
+    sa.Index(None, "tenant", "created_at"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -564,6 +636,33 @@ def decode_conversation(row: Any) -> ConversationRecord:
         raise CorruptRecordError(f"conversation row does not parse: {exc}") from exc
 
 
+_PENDING_COLUMNS = tuple(c.name for c in pending_turns.columns if c.name not in ("hop_ids", "data"))
+
+
+def pending_row(pending: PendingTurnRecord) -> dict[str, Any]:
+    row = {name: getattr(pending, name) for name in _PENDING_COLUMNS}
+    row.update(hop_ids=dumps(pending.hop_ids), data=pending_data(pending))
+    return row
+
+
+def decode_pending_row(row: Any) -> PendingTurnRecord:
+    fields = dict(row._mapping)
+    try:
+        data = loads(fields.pop("data"), "stored pending turn")
+        fields["hop_ids"] = loads(fields["hop_ids"], "stored pending turn")
+        return decode_pending({**fields, **data})
+    except (TypeError, KeyError) as exc:
+        raise CorruptRecordError(f"pending turn row does not parse: {exc}") from exc
+
+
+def outbox_row(item: OutboxItem) -> dict[str, Any]:
+    return item.model_dump()
+
+
+def decode_outbox_row(row: Any) -> OutboxItem:
+    return decode_outbox(dict(row._mapping))
+
+
 def decode_turn(row: Any) -> TurnRecord:
     try:
         return TurnRecord.model_validate(dict(row._mapping))
@@ -598,6 +697,101 @@ SELECT_TURN_BY_KEY = (
     .where(_SCOPE, turns.c.conversation_id == sa.bindparam("w_id"))
     .where(turns.c.idempotency_key == sa.bindparam("w_key"))
 )
+
+
+_pend = pending_turns.c
+_PENDING_SCOPE = sa.and_(
+    _pend.conversation_id == sa.bindparam("w_id"), _pend.tenant == sa.bindparam("w_tenant")
+)
+SELECT_PENDING = sa.select(pending_turns).where(_PENDING_SCOPE)
+# An INSERT guarded by the version check: it writes a row only while the conversation is at
+# the planned version and count (locked until the commit, so no append slips in between).
+# A second turn in flight collides on the primary key.
+# (SQLAlchemy keeps the rowcount of an INSERT only when asked to.)
+BEGIN_PENDING = (
+    pending_turns.insert()
+    .from_select(
+        [c.name for c in pending_turns.columns],
+        sa.select(*(sa.bindparam(c.name, type_=c.type) for c in pending_turns.columns))
+        .where(
+            _SCOPE,
+            _conv.version == sa.bindparam("w_version"),
+            _conv.turn_count == sa.bindparam("w_turns"),
+        )
+        .with_for_update(),
+    )
+    .execution_options(preserve_rowcount=True)
+)
+UPDATE_PENDING = (
+    pending_turns.update()
+    .where(
+        _PENDING_SCOPE,
+        _pend.idempotency_key == sa.bindparam("w_key"),
+        _pend.lease_owner == sa.bindparam("w_owner"),
+    )
+    .values(
+        {
+            _pend[name]: sa.bindparam(f"v_{name}", type_=_pend[name].type)
+            for name in PENDING_PROGRESS_FIELDS
+        }
+    )
+)
+# compare-and-set: taken only when the lease expired, or renewed by its holder
+CLAIM_PENDING = (
+    pending_turns.update()
+    .where(
+        _PENDING_SCOPE,
+        sa.or_(
+            _pend.lease_expires_at <= sa.bindparam("w_now", type_=UTCDateTime()),
+            _pend.lease_owner == sa.bindparam("v_lease_owner"),
+        ),
+    )
+    .values(
+        lease_owner=sa.bindparam("v_lease_owner"),
+        lease_expires_at=sa.bindparam("v_lease_expires_at", type_=UTCDateTime()),
+    )
+)
+RELEASE_PENDING = pending_turns.delete().where(
+    _PENDING_SCOPE, _pend.idempotency_key == sa.bindparam("w_key")
+)
+# what an append runs with its idempotency key (the conversation was scoped by then)
+DROP_COMMITTED_PENDING = pending_turns.delete().where(
+    _pend.conversation_id == sa.bindparam("w_id"), _pend.idempotency_key == sa.bindparam("w_key")
+)
+UPDATE_OUTBOX = (
+    outbox.update()
+    .where(outbox.c.id == sa.bindparam("w_id"), outbox.c.tenant == sa.bindparam("w_tenant"))
+    .values(
+        attempts=sa.bindparam("v_attempts"),
+        last_error=sa.bindparam("v_last_error"),
+        next_attempt_at=sa.bindparam("v_next_attempt_at", type_=UTCDateTime()),
+    )
+)
+
+
+def begin_params(pending: PendingTurnRecord) -> dict[str, Any]:
+    """Parameters of BEGIN_PENDING."""
+    params = pending_row(pending)
+    params.update(
+        w_id=pending.conversation_id,
+        w_tenant=pending.tenant,
+        w_version=pending.planned_version,
+        w_turns=pending.seq - 1,
+    )
+    return params
+
+
+def progress_params(pending: PendingTurnRecord, owner: str) -> dict[str, Any]:
+    """Parameters of UPDATE_PENDING."""
+    row = pending_row(pending)
+    params = {f"v_{name}": row[name] for name in PENDING_PROGRESS_FIELDS}
+    params.update(
+        w_id=pending.conversation_id,
+        w_tenant=pending.tenant,
+        w_key=pending.idempotency_key,
+        w_owner=owner,
+    )
+    return params
 
 
 def versioned_params(record: ConversationRecord, fields: Sequence[str]) -> dict[str, Any]:
@@ -706,30 +900,36 @@ class AppendParams(NamedTuple):
     update: tuple[Any, ...] | dict[str, Any]
     turn: tuple[Any, ...] | dict[str, Any]
     steps: list[tuple[Any, ...] | dict[str, Any]]
+    pending: tuple[Any, ...] | dict[str, Any] | None = None
+    """The delete of the pending turn carrying the turn's key (None without a key)."""
 
 
 class AppendStatements:
-    """The append's version-checked update and its two inserts, as driver SQL."""
+    """The append's version-checked update, its two inserts and the delete of the pending
+    turn it replaces, as driver SQL."""
 
     def __init__(self, dialect: Dialect, step_insert: sa.Insert) -> None:
         self.dialect_name = dialect.name
         self.update = DriverStatement(APPEND_UPDATE, dialect)
         self.turn = DriverStatement(turns.insert(), dialect)
         self.steps = DriverStatement(step_insert, dialect)
+        self.pending = DriverStatement(DROP_COMMITTED_PENDING, dialect)
 
     def params(self, commit: TurnCommit) -> AppendParams:
-        """The parameters of ``commit``'s three statements."""
+        """The parameters of ``commit``'s statements."""
         rows = step_rows(commit.steps, dialect_name=self.dialect_name)
+        key = commit.turn.idempotency_key
         return AppendParams(
             self.update.params(versioned_params(commit.record, APPEND_FIELDS)),
             self.turn.params(turn_row(commit.turn)),
             [self.steps.params(row) for row in rows],
+            None if key is None else self.pending.params({"w_id": commit.record.id, "w_key": key}),
         )
 
     def write_on_cursor(
         self, conn: sa.Connection, params: AppendParams, *, begin: str | None = None
     ) -> bool:
-        """Run the three statements on one driver cursor of ``conn``; False if the version
+        """Run the statements on one driver cursor of ``conn``; False if the version
         check missed (nothing written then).
 
         Used on SQLite, where the statements take microseconds and going through the
@@ -756,6 +956,9 @@ class AppendStatements:
             if params.steps:
                 statement, values = self.steps.sql, params.steps
                 cursor.executemany(statement, values)
+            if params.pending is not None:
+                statement, values = self.pending.sql, params.pending
+                cursor.execute(statement, values)
             if began:
                 statement, values = "COMMIT", None
                 cursor.execute(statement)

@@ -20,10 +20,10 @@ from alembic.runtime.migration import MigrationContext
 import convostore as cs
 from convostore import _migrate
 from convostore._sql import metadata, normalize_url
-from convostore.testing import add_turn, make_record
+from convostore.testing import add_turn, make_outbox_item, make_pending, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"conversations", "turns", "steps"}
+TABLES = {"conversations", "turns", "steps", "pending_turns", "outbox"}
 
 
 def _engine(url: str, **options: object) -> sa.Engine:
@@ -94,6 +94,45 @@ def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
     record = store.create_conversation(make_record())
     add_turn(store, record)
     assert len(store.load_steps(record.id, tenant=record.tenant)) == 2
+    store.close()
+
+
+def test_0002_upgrade_and_downgrade_keep_0001_data(fresh_url: str) -> None:
+    _migrate.upgrade(fresh_url, "0001")
+    assert _tables(fresh_url) == {"conversations", "turns", "steps"}
+    # a database holding data written at 0001, through the tables as they were then
+    record = make_record()
+    engine = _engine(fresh_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO conversations (id, tenant, mode, model, config, version, turn_count,"
+                " step_count, metadata, created_at, updated_at) VALUES (:id, :tenant, 'auto',"
+                " 'm', '{}', 0, 0, 0, '{}', :now, :now)"
+            ),
+            {"id": record.id, "tenant": record.tenant, "now": record.created_at},
+        )
+    engine.dispose()
+    _migrate.upgrade(fresh_url)
+    assert _migrate.current(fresh_url) == "0002" == _migrate.head()
+    assert _tables(fresh_url) == TABLES
+    store = cs.open_store(fresh_url)
+    stored = store.get_conversation(record.id, tenant=record.tenant)
+    stored = add_turn(store, stored)
+    pending = make_pending(stored)
+    store.begin_turn(pending)
+    store.add_outbox([make_outbox_item(record.tenant)])
+    assert store.get_pending(record.id, tenant=record.tenant) == pending
+    store.close()
+    _migrate.downgrade(fresh_url, "0001")
+    assert _migrate.current(fresh_url) == "0001"
+    assert _tables(fresh_url) == {"conversations", "turns", "steps"}
+    _migrate.upgrade(fresh_url)
+    store = cs.open_store(fresh_url)
+    assert store.get_conversation(record.id, tenant=record.tenant) == stored
+    assert len(store.load_steps(record.id, tenant=record.tenant)) == 2
+    assert store.get_pending(record.id, tenant=record.tenant) is None
+    assert store.list_outbox(tenant=record.tenant) == []
     store.close()
 
 
@@ -187,6 +226,7 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
         archive.extractall(tmp_path / "site")
     assert "convostore/_migrations/env.py" in names
     assert any(n.startswith("convostore/_migrations/versions/0001_") for n in names)
+    assert any(n.startswith("convostore/_migrations/versions/0002_") for n in names)
     # the installed package finds its own copy, away from any source checkout
     db = tmp_path / "wheel.db"
     code = (

@@ -22,7 +22,15 @@ import convostore as cs
 from convostore._async.redis_store import AsyncRedisStore
 from convostore._sync.redis_store import RedisStore
 from convostore.models import utcnow
-from convostore.testing import add_turn, make_commit, make_record, model_step, user_step
+from convostore.testing import (
+    add_turn,
+    make_commit,
+    make_outbox_item,
+    make_pending,
+    make_record,
+    model_step,
+    user_step,
+)
 
 
 @pytest.fixture
@@ -98,6 +106,83 @@ def test_ttl_applies_to_every_key(store: RedisStore, raw: redis.Redis, redis_pre
         current.model_copy(update={"version": current.version + 1, "expires_at": None})
     )
     assert [raw.ttl(key) for key in found] == [-1] * 4
+
+
+def test_pending_turn_shares_the_slot_and_the_ttl(
+    store: RedisStore, raw: redis.Redis, redis_prefix: str
+) -> None:
+    expires = utcnow().replace(microsecond=0) + timedelta(hours=1)
+    record = store.create_conversation(make_record(expires_at=expires))
+    pending = make_pending(record)
+    store.begin_turn(pending)
+    key = f"{redis_prefix}{{{record.id}}}:p".encode()
+    found = _conversation_keys(raw, redis_prefix, record.id)
+    assert key in found and len({key_slot(k) for k in found}) == 1
+    assert raw.pexpiretime(key) == int(expires.timestamp() * 1000)
+    record = store.update_conversation(
+        record.model_copy(update={"version": record.version + 1, "expires_at": None})
+    )
+    assert raw.ttl(key) == -1
+    index = f"{redis_prefix}pidx:t:{record.tenant}"
+    assert raw.zcard(index) == 1
+    add_turn(store, record, idempotency_key=pending.idempotency_key)
+    assert not raw.exists(key)
+    assert raw.zcard(index) == 0  # the commit's index entry went with it
+
+
+def test_dangling_pending_index_entries_are_skipped_and_removed(
+    store: RedisStore, raw: redis.Redis, redis_prefix: str
+) -> None:
+    tenant = make_record().tenant
+    made = []
+    for _ in range(3):
+        record = store.create_conversation(make_record(tenant=tenant))
+        made.append(make_pending(record))
+        store.begin_turn(made[-1])
+    # as if the conversation's keys expired, or a process died before cleaning the index
+    raw.delete(f"{redis_prefix}{{{made[1].conversation_id}}}:p")
+    index = f"{redis_prefix}pidx:t:{tenant}"
+    assert raw.zcard(index) == 3
+    assert store.list_pending(tenant=tenant) == [made[0], made[2]]
+    assert raw.zcard(index) == 2
+    assert store.release_pending(
+        made[0].conversation_id, tenant=tenant, idempotency_key=made[0].idempotency_key
+    )
+    assert store.delete_conversation(made[2].conversation_id, tenant=tenant)
+    assert raw.zcard(index) == 0
+    everywhere = raw.zrange(f"{redis_prefix}pidx:all", 0, -1)
+    assert not [
+        m for m in everywhere if m.split(b"|")[1].decode() in {p.conversation_id for p in made[::2]}
+    ]
+
+
+def test_outbox_keys_share_one_slot(store: RedisStore, raw: redis.Redis, redis_prefix: str) -> None:
+    item = make_outbox_item()
+    store.add_outbox([item])
+    found = sorted(raw.scan_iter(match=f"{redis_prefix}{{outbox}}*", count=1000))
+    assert len(found) == 2 and len({key_slot(key) for key in found}) == 1
+    raw.script_flush()
+    store.update_outbox(item.model_copy(update={"attempts": 3}))
+    assert store.list_outbox(tenant=item.tenant)[0].attempts == 3
+    # an id left in the due set without its item (removed by another tool) is dropped
+    raw.hdel(found[0] if found[0].endswith(b"items") else found[1], item.id)
+    assert store.list_outbox(tenant=item.tenant) == []
+    assert raw.zcard(f"{redis_prefix}{{outbox}}:due") == 0
+
+
+def test_pending_scripts_recover_from_a_flushed_script_cache(
+    store: RedisStore, raw: redis.Redis
+) -> None:
+    record = store.create_conversation(make_record())
+    pending = make_pending(record, lease_expires_at=utcnow() - timedelta(seconds=1))
+    raw.script_flush()
+    store.begin_turn(pending)
+    raw.script_flush()
+    now = utcnow()
+    claimed = store.claim_pending(
+        record.id, tenant=record.tenant, owner="w2", now=now, lease_expires_at=now
+    )
+    assert claimed is not None and claimed.lease_owner == "w2"
 
 
 def test_append_recovers_from_a_flushed_script_cache(store: RedisStore, raw: redis.Redis) -> None:

@@ -71,6 +71,7 @@ __all__ = [
     "loads",
     "merge_progress",
     "newest_start",
+    "pending_data",
     "select_outbox",
     "select_pending",
     "stored_step",
@@ -694,6 +695,11 @@ def select_pending(
     ]
     kept.sort(key=lambda p: (epoch_us(p.created_at), p.conversation_id))
     return kept[:limit]
+
+
+def pending_data(pending: PendingTurnRecord) -> str:
+    """The JSON text of a pending turn's ``PENDING_DATA_FIELDS`` (stored as one document)."""
+    return dumps(pending.model_dump(mode="json", include=set(PENDING_DATA_FIELDS)))
 
 
 def decode_pending(data: Any) -> PendingTurnRecord:
