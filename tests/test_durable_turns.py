@@ -43,6 +43,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return f"{url}?key_prefix={prefix}"
 
 
+@pytest.fixture
+def tenant() -> str:
+    """A tenant of the test's own: the server stores are shared by the session."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
 @contextlib.contextmanager
 def opened(store: Any, emulator: Emulator, **options: Any) -> Iterator[cs.Conversations]:
     """A Conversations of its own (another worker, as far as leases go)."""
@@ -103,9 +109,9 @@ def wait_for_pending(store: cs.Store, conv: cs.Conversation) -> PendingTurnRecor
 
 
 def test_a_turn_is_pending_while_its_request_is_in_flight(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     emulator.delay(0.4, times=1)
     thread, out = in_background(conv.send, "hello")
     pending = wait_for_pending(store, conv)
@@ -119,18 +125,18 @@ def test_a_turn_is_pending_while_its_request_is_in_flight(
     thread.join()
     turn = out[0]
     assert isinstance(turn, cs.Turn) and turn.record.idempotency_key == pending.idempotency_key
-    assert store.get_pending(conv.id, tenant="acme") is None
+    assert store.get_pending(conv.id, tenant=tenant) is None
 
 
 def test_one_turn_in_flight_rejects_a_second_without_sending_it(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme")
+    conv = convos.create(tenant=tenant)
     emulator.delay(0.4, times=1)
     thread, out = in_background(conv.send, "first")
     wait_for_pending(store, conv)
     with opened(store, emulator) as other, pytest.raises(cs.TurnInFlight) as info:
-        other.get(conv.id, tenant="acme").send("second")
+        other.get(conv.id, tenant=tenant).send("second")
     assert info.value.pending.seq == 1
     thread.join()
     assert isinstance(out[0], cs.Turn)
@@ -138,14 +144,14 @@ def test_one_turn_in_flight_rejects_a_second_without_sending_it(
 
 
 def test_wait_policy_queues_behind_the_turn_in_flight(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme")
+    conv = convos.create(tenant=tenant)
     emulator.delay(0.3, times=1)
     thread, out = in_background(conv.send, "first")
     wait_for_pending(store, conv)
     with opened(store, emulator) as other:
-        second = other.get(conv.id, tenant="acme").send("second", in_flight="wait")
+        second = other.get(conv.id, tenant=tenant).send("second", in_flight="wait")
     thread.join()
     assert isinstance(out[0], cs.Turn)
     assert (out[0].seq, second.seq) == (1, 2)
@@ -154,9 +160,9 @@ def test_wait_policy_queues_behind_the_turn_in_flight(
 
 
 def test_bad_turn_options_are_refused_before_anything_is_written(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="stateless")
+    conv = convos.create(tenant=tenant, mode="stateless")
     with pytest.raises(cs.ValidationError, match="in_flight"):
         conv.send("x", in_flight="later")  # type: ignore[call-overload]
     with pytest.raises(cs.ValidationError, match="background"):
@@ -164,7 +170,7 @@ def test_bad_turn_options_are_refused_before_anything_is_written(
     with pytest.raises(cs.ValidationError, match="stateless"):
         conv.send("x", background=True)
     assert creates(emulator) == []
-    assert store.get_pending(conv.id, tenant="acme") is None
+    assert store.get_pending(conv.id, tenant=tenant) is None
     assert conv.refresh().version == 0
 
 
@@ -172,11 +178,11 @@ def test_bad_turn_options_are_refused_before_anything_is_written(
 
 
 def test_failed_answer_raises_and_commits_nothing(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     if not hasattr(emulator, "next_status"):
         pytest.skip("the emulator cannot answer failed on demand")
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     first = conv.send("hello")
     emulator.next_status("failed", errors=[{"code": "internal", "message": "boom"}])
     with pytest.raises(cs.InteractionFailed) as info:
@@ -185,7 +191,7 @@ def test_failed_answer_raises_and_commits_nothing(
     assert info.value.errors == [{"code": "internal", "message": "boom"}]
     record = conv.refresh()
     assert record.turn_count == 1 and record.head_interaction_id == first.interaction_id
-    assert store.get_pending(conv.id, tenant="acme") is None
+    assert store.get_pending(conv.id, tenant=tenant) is None
     assert conv.send("third").seq == 2
 
 
@@ -193,10 +199,10 @@ def test_failed_answer_raises_and_commits_nothing(
 
 
 def test_background_turn_returns_at_once_and_wait_commits_it(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     emulator.background_seconds = 0.3
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     started = time.monotonic()
     pending = conv.send("research this", background=True)
     assert isinstance(pending, cs.PendingTurn)
@@ -206,37 +212,37 @@ def test_background_turn_returns_at_once_and_wait_commits_it(
     turn = pending.wait(timeout=10)
     assert turn.seq == 1 and turn.interaction_id == pending.interaction_id
     assert "research this" in turn.text
-    assert store.get_pending(conv.id, tenant="acme") is None
+    assert store.get_pending(conv.id, tenant=tenant) is None
     assert conv.refresh().head_interaction_id == pending.interaction_id
 
 
 def test_background_turn_is_finished_by_another_process(
-    store: cs.Store, emulator: Emulator, store_url: str
+    tenant: str, store: cs.Store, emulator: Emulator, store_url: str
 ) -> None:
     if store_url == "memory://":
         pytest.skip("a memory store lives in one process")
     emulator.background_seconds = 0.2
     with opened(store, emulator) as first:
-        conv = first.create(tenant="acme", mode="server")
+        conv = first.create(tenant=tenant, mode="server")
         conv.send("deep research", background=True)
     # the first worker is gone; another one lists and finishes it
     with opened(store_url, emulator) as second:
-        found = second.pending(tenant="acme")
+        found = second.pending(tenant=tenant)
         assert [p.seq for p in found if p.conversation.id == conv.id] == [1]
         turn = next(p for p in found if p.conversation.id == conv.id).wait(timeout=10)
         assert "deep research" in turn.text
-        assert second.get(conv.id, tenant="acme").pending() is None
+        assert second.get(conv.id, tenant=tenant).pending() is None
 
 
 def test_background_turn_cancelled(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     emulator.background_seconds = 30
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     pending = conv.send("long job", background=True)
     assert isinstance(pending, cs.PendingTurn)
     pending.cancel()
-    assert store.get_pending(conv.id, tenant="acme") is None
+    assert store.get_pending(conv.id, tenant=tenant) is None
     assert conv.refresh().turn_count == 0
     with pytest.raises(cs.InteractionFailed):
         pending.wait(timeout=5)
@@ -244,10 +250,10 @@ def test_background_turn_cancelled(
 
 
 def test_cancel_policy_cancels_the_background_turn_then_sends(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     emulator.background_seconds = 30
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     conv.send("long job", background=True)
     turn = conv.send("never mind", in_flight="cancel")
     assert turn.seq == 1 and "never mind" in turn.text
@@ -255,10 +261,10 @@ def test_cancel_policy_cancels_the_background_turn_then_sends(
 
 
 def test_reject_while_a_background_turn_runs(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     emulator.background_seconds = 30
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     conv.send("long job", background=True)
     with pytest.raises(cs.TurnInFlight):
         conv.send("another")
@@ -312,28 +318,28 @@ def dead_worker_turn(
 
 
 def test_recover_adopts_the_answer_the_server_completed(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     conv.send("first")
     pending = dead_worker_turn(store, conv, convos.client)
-    report = convos.recover(tenant="acme")
+    report = convos.recover(tenant=tenant)
     assert report.adopted == [f"{conv.id}#2"]
     turns = conv.turns()
     assert [t.interaction_id for t in turns][-1] == pending.interaction_id
     assert turns[-1].idempotency_key == pending.idempotency_key
     assert "lost in a crash" in conv.history()[-1]["content"][0]["text"]
     assert conv.refresh().head_interaction_id == pending.interaction_id
-    assert store.get_pending(conv.id, tenant="acme") is None
+    assert store.get_pending(conv.id, tenant=tenant) is None
     # exactly once: a second recoverer finds nothing to do
-    assert convos.recover(tenant="acme").adopted == []
+    assert convos.recover(tenant=tenant).adopted == []
     assert conv.send("third").seq == 3
 
 
 def test_the_next_send_finishes_a_dead_workers_turn_first(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     dead_worker_turn(store, conv, convos.client)
     turn = conv.send("after the crash")
     assert turn.seq == 2
@@ -342,12 +348,12 @@ def test_the_next_send_finishes_a_dead_workers_turn_first(
 
 
 def test_recover_records_a_turn_with_nothing_to_adopt_as_lost(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     first = conv.send("first")
     dead_worker_turn(store, conv, None, state="pending")
-    report = convos.recover(tenant="acme")
+    report = convos.recover(tenant=tenant)
     assert report.lost == [f"{conv.id}#2"]
     turns = conv.turns()
     assert [t.status for t in turns] == ["completed", LOST_STATUS]
@@ -361,13 +367,13 @@ def test_recover_records_a_turn_with_nothing_to_adopt_as_lost(
 
 
 def test_recover_never_interleaves_when_the_conversation_moved(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     conv.send("first")
     pending = dead_worker_turn(store, conv, convos.client)
     conv.update(metadata={"moved": True})  # the version moves past the planned one
-    report = convos.recover(tenant="acme")
+    report = convos.recover(tenant=tenant)
     assert report.lost == [f"{conv.id}#2"]
     assert [t.status for t in conv.turns()] == ["completed", LOST_STATUS]
     # the answer that could not be committed is deleted on the server, not orphaned
@@ -375,38 +381,38 @@ def test_recover_never_interleaves_when_the_conversation_moved(
 
 
 def test_recover_leaves_a_running_turn_pending(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     emulator.background_seconds = 30
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     pending = conv.send("slow", background=True)
     assert isinstance(pending, cs.PendingTurn)
-    report = convos.recover(tenant="acme")
+    report = convos.recover(tenant=tenant)
     assert report.running == [f"{conv.id}#1"]
-    assert store.get_pending(conv.id, tenant="acme") is not None
+    assert store.get_pending(conv.id, tenant=tenant) is not None
 
 
 # ------------------------------------------------------------------ the outbox
 
 
 def test_failed_remote_deletions_stay_in_the_outbox_until_recover(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
-    conv = convos.create(tenant="acme", mode="server")
+    conv = convos.create(tenant=tenant, mode="server")
     ids = [conv.send(text).interaction_id for text in ("a", "b")]
     emulator.fail(500, times=2)
-    report = convos.delete(conv.id, tenant="acme", remote=True)
+    report = convos.delete(conv.id, tenant=tenant, remote=True)
     assert report.deleted and sorted(report.remote_failed) == sorted(ids)
-    outstanding = store.list_outbox(tenant="acme")
+    outstanding = store.list_outbox(tenant=tenant)
     assert sorted(i.target for i in outstanding) == sorted(ids)
     assert all(i.attempts == 1 and i.last_error for i in outstanding)
     # not due yet: recover leaves them until their next attempt
-    assert convos.recover(tenant="acme").deleted == []
+    assert convos.recover(tenant=tenant).deleted == []
     for item in outstanding:
         store.update_outbox(item.model_copy(update={"next_attempt_at": utcnow()}))
-    report2 = convos.recover(tenant="acme")
+    report2 = convos.recover(tenant=tenant)
     assert sorted(report2.deleted) == sorted(ids)
-    assert store.list_outbox(tenant="acme") == []
+    assert store.list_outbox(tenant=tenant) == []
     for interaction_id in ids:
         assert interaction_id not in emulator.interactions
 
@@ -415,13 +421,13 @@ def test_failed_remote_deletions_stay_in_the_outbox_until_recover(
 
 
 def test_webhook_commits_a_background_turn_once(
-    convos: cs.Conversations, store: cs.Store, emulator: Emulator
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
 ) -> None:
     emulator.background_seconds = 0.1
     secret = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHM="
     with opened(store, emulator, webhook_uris=["http://127.0.0.1:9/hook"]) as hooked:
         hooked.webhook_secret = secret
-        conv = hooked.create(tenant="acme", mode="server")
+        conv = hooked.create(tenant=tenant, mode="server")
         pending = conv.send("notify me", background=True)
         assert isinstance(pending, cs.PendingTurn)
         config = creates(emulator)[0]["webhook_config"]
@@ -456,7 +462,7 @@ def test_webhook_commits_a_background_turn_once(
 # ------------------------------------------------------------------ asyncio
 
 
-def test_async_background_and_recover(store_url: str, emulator: Emulator) -> None:
+def test_async_background_and_recover(tenant: str, store_url: str, emulator: Emulator) -> None:
     emulator.background_seconds = 0.1
 
     async def main() -> None:
@@ -464,11 +470,11 @@ def test_async_background_and_recover(store_url: str, emulator: Emulator) -> Non
             cs.AsyncInteractionsClient(api_key=KEY, base_url=emulator.url) as client,
             cs.AsyncConversations(store_url, client, poll_interval=0.02) as convos,
         ):
-            conv = await convos.create(tenant="acme", mode="server")
+            conv = await convos.create(tenant=tenant, mode="server")
             pending = await conv.send("async job", background=True)
             assert isinstance(pending, cs.AsyncPendingTurn)
             turn = await pending.wait(timeout=10)
             assert "async job" in turn.text
-            assert (await convos.recover(tenant="acme")).adopted == []
+            assert (await convos.recover(tenant=tenant)).adopted == []
 
     asyncio.run(main())

@@ -184,7 +184,9 @@ class Conversation:
                 continue
             except ConcurrentTurnError:
                 attempt += 1
-                if on_conflict != "retry" or attempt > max_conflict_retries:
+                # queueing behind a turn in flight means taking the head it leaves
+                retry = on_conflict == "retry" or in_flight == "wait"
+                if not retry or attempt > max_conflict_retries:
                     raise
                 logger.info("conversation %s: conflict, re-planning (%d)", self.id, attempt)
                 time.sleep(planner.conflict_delay(attempt))
