@@ -41,6 +41,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bAsyncExitStack\b", "ExitStack"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncIterable\b", "Iterable"),
+    (r"\bAsyncGenerator\[Any, None\]", "Generator[Any, None, None]"),
     (r"\bAsyncGenerator\b", "Generator"),
     (r"\bredis\.asyncio\b", "redis"),
     (r"\bsqlalchemy\.ext\.asyncio\b", "sqlalchemy"),

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._core import lifecycle, planner
-from .._core.continuation import continuation_body
 from .._exceptions import (
     APIError,
     ConcurrentTurnError,
@@ -28,7 +27,6 @@ from .._exceptions import (
 from ..models import (
     ConversationRecord,
     DeleteReport,
-    InteractionCreatedEvent,
     JSONObject,
     PendingTurnRecord,
     StepDeltaEvent,
@@ -37,7 +35,7 @@ from ..models import (
     TurnRecord,
     utcnow,
 )
-from .turns import AsyncTurnDriver
+from .turns import MAX_RESUMES, AsyncTurnDriver
 
 if TYPE_CHECKING:
     from .conversations import AsyncConversations
@@ -46,8 +44,6 @@ logger = logging.getLogger("convostore.conversation")
 
 OnConflict = Literal["raise", "retry"]
 InFlight = Literal["reject", "wait", "cancel"]
-MAX_RESUMES = 3
-"""Reconnects of a cut stream without progress, as the SDK allows."""
 
 
 class _Prepared:
@@ -425,13 +421,11 @@ class AsyncTurnStream:
         self._auto_continue = auto_continue
         self._driver = AsyncTurnDriver(conversation)
         self._machine: lifecycle.TurnLifecycle | None = None
-        self._api: Any = None
-        self._body: JSONObject | None = None
-        self._resumes = 0
+        self._events: AsyncGenerator[Any, None] | None = None
         self.turn: Turn | None = None
 
     async def __aenter__(self) -> AsyncTurnStream:
-        conv = self._conversation
+        conv, driver = self._conversation, self._driver
         while True:
             prepared = await conv._prepare(self._new_steps, self._key)
             if isinstance(prepared, Turn):
@@ -442,45 +436,15 @@ class AsyncTurnStream:
             )
             self._machine = machine
             try:
-                effect = await self._until_send(machine.start())
+                send = await driver.until_send(machine, machine.start())
             except TurnInFlight as exc:
                 await conv._in_flight(exc.pending, self._in_flight)
                 continue
             break
-        assert isinstance(effect, lifecycle.Send)
-        await self._open(effect.body)
+        assert send is not None
+        api, body = await driver.open_stream(machine, send.body)
+        self._events = driver.events(machine, api, body)
         return self
-
-    async def _until_send(self, effect: lifecycle.Effect) -> lifecycle.Send | None:
-        """Perform effects up to the next request; None once the turn is committed."""
-        assert self._machine is not None
-        while not isinstance(effect, lifecycle.Send):
-            if isinstance(effect, lifecycle.Poll | lifecycle.Wait):
-                result = await self._driver.drive(self._machine, effect)
-                assert isinstance(result, Turn)
-                self.turn = result
-                return None
-            done, result = await self._driver.perform(self._machine, effect)
-            if done:
-                self.turn = result
-                return None
-            effect = result
-        return effect
-
-    async def _open(self, body: JSONObject) -> None:
-        machine = self._machine
-        assert machine is not None
-        while True:
-            api = self._conversation._client._stream_checked(body)
-            try:
-                await api.__aenter__()
-            except APIError as exc:
-                effect = await self._until_send(machine.api_error(exc, now=utcnow()))
-                assert effect is not None
-                body = effect.body
-                continue
-            self._api, self._body = api, body
-            return
 
     async def __aexit__(
         self,
@@ -488,8 +452,8 @@ class AsyncTurnStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._api is not None:
-            await self._api.__aexit__(exc_type, exc, tb)
+        if self._events is not None:
+            await self._events.aclose()
         machine = self._machine
         if machine is not None and not machine.done and self.turn is None:
             # left early, or broken: nothing is committed, and nothing stays on the server
@@ -499,54 +463,13 @@ class AsyncTurnStream:
         return self
 
     async def __anext__(self) -> Any:
-        if self._api is None or self.turn is not None:
+        if self._events is None or self.turn is not None:
             raise StopAsyncIteration
-        machine = self._machine
-        assert machine is not None
-        owner = self._conversation._owner
-        while True:
-            try:
-                event = await self._api.__anext__()
-            except StopAsyncIteration:
-                interaction = self._api.interaction
-                effect = machine.answered(interaction, now=utcnow(), lease=owner.lease)
-                send = await self._until_send(effect)
-                if send is None:
-                    raise
-                await self._open(send.body)
-                continue
-            except StreamError:
-                resume = self._resume_body()
-                if resume is None:
-                    raise
-                machine.resumed(self._api.partial_interaction)
-                await self._open(resume)
-                continue
-            if isinstance(event, InteractionCreatedEvent) and machine.pending.store:
-                interaction_id = event.interaction.id
-                if interaction_id and interaction_id not in machine.pending.hop_ids:
-                    pending = machine.started(interaction_id, now=utcnow(), lease=owner.lease)
-                    await self._conversation._store.update_pending(pending, owner=owner.owner_id)
-            return event
-
-    def _resume_body(self) -> JSONObject | None:
-        """The request that resumes a cut stream from its last checkpoint, as the SDK does
-        (at most ``MAX_RESUMES`` times without progress), or None."""
-        machine, api = self._machine, self._api
-        if machine is None or self._body is None or not api.can_resume:
-            return None
-        checkpoint = api.checkpoint
-        progressed = checkpoint.token != self._body.get("continuation_token")
-        self._resumes = 1 if progressed else self._resumes + 1
-        if self._resumes > MAX_RESUMES:
-            return None
-        owner_id = checkpoint.owner_id if machine.pending.store else None
-        return continuation_body(
-            machine.body or self._body,
-            token=checkpoint.token,
-            owner_id=owner_id,
-            store=machine.pending.store,
-        )
+        try:
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            self.turn = self._driver.turn
+            raise
 
     async def text_deltas(self) -> AsyncIterator[str]:
         """Only the text as it arrives."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._core import lifecycle, planner
+from .._core.continuation import continuation_body
 from .._exceptions import (
     APIError,
     ConcurrentTurnError,
@@ -24,10 +24,13 @@ from .._exceptions import (
     LeaseLost,
     NotFoundError,
     StoreError,
+    StreamError,
 )
 from ..models import (
     LOST_STATUS,
     AppendResult,
+    InteractionCreatedEvent,
+    JSONObject,
     PendingTurnRecord,
     Turn,
     TurnCommit,
@@ -43,7 +46,8 @@ logger = logging.getLogger("convostore.turns")
 COMMIT_RETRIES = 8
 """How often a commit whose outcome was not seen is looked up (and re-sent) before giving up;
 the pending record stays, so recovery still adopts the answer after that."""
-OUTBOX_BACKOFF = timedelta(seconds=30)
+MAX_RESUMES = 3
+"""Reconnects of a cut stream without progress, as the SDK allows."""
 
 
 class Running(Exception):
@@ -61,6 +65,14 @@ class AsyncTurnDriver:
         self.owner: AsyncConversations = conversation._owner
         self.store = conversation._store
         self.client = conversation._client
+        self.turn: Turn | None = None
+        """The committed turn, once a streamed answer ended."""
+
+    @staticmethod
+    def streamed(machine: lifecycle.TurnLifecycle) -> bool:
+        """Whether a unary send receives its answer as a stream: when the server keeps it
+        (there is an id worth recording early) and it is not a background turn."""
+        return machine.pending.store and not machine.pending.background
 
     # ------------------------------------------------------------ the loop
 
@@ -72,6 +84,14 @@ class AsyncTurnDriver:
         lost turn returns None)."""
         polls = 0
         while True:
+            if isinstance(effect, lifecycle.Send) and self.streamed(machine):
+                # received as a stream, so the interaction id is recorded as soon as the
+                # server names it: a worker killed while the answer is generated leaves an
+                # answer another worker can adopt, not an orphan nobody knows about
+                api, body = await self.open_stream(machine, effect.body)
+                async for _ in self.events(machine, api, body):
+                    pass
+                return self.turn
             if isinstance(effect, lifecycle.Send):
                 effect = await self.send(machine, effect.body)
             elif isinstance(effect, lifecycle.Poll):
@@ -143,6 +163,96 @@ class AsyncTurnDriver:
         except APIError as exc:
             return machine.api_error(exc, now=utcnow())
         return machine.answered(interaction, now=utcnow(), lease=self.owner.lease)
+
+    # ------------------------------------------------------------ streamed answers
+
+    async def until_send(
+        self, machine: lifecycle.TurnLifecycle, effect: lifecycle.Effect
+    ) -> lifecycle.Send | None:
+        """Perform effects up to the next request; None once the turn is finished (then
+        :attr:`turn` holds it)."""
+        while not isinstance(effect, lifecycle.Send):
+            if isinstance(effect, lifecycle.Poll | lifecycle.Wait):
+                result = await self.drive(machine, effect)
+                self.turn = result if isinstance(result, Turn) else None
+                return None
+            done, result = await self.perform(machine, effect)
+            if done:
+                self.turn = result
+                return None
+            effect = result
+        return effect
+
+    async def open_stream(
+        self, machine: lifecycle.TurnLifecycle, body: JSONObject
+    ) -> tuple[Any, JSONObject]:
+        """Open a request's stream; an error before it opens goes to the machine (a broken
+        chain is re-planned and that request opened instead)."""
+        while True:
+            api = self.client._stream_checked(body)
+            try:
+                await api.__aenter__()
+            except APIError as exc:
+                effect = await self.until_send(machine, machine.api_error(exc, now=utcnow()))
+                assert effect is not None  # an error ends in a raise, never in a commit
+                body = effect.body
+                continue
+            return api, body
+
+    async def events(
+        self, machine: lifecycle.TurnLifecycle, api: Any, body: JSONObject
+    ) -> AsyncGenerator[Any, None]:
+        """Every event of the answer, across continuation hops and resumed cuts; when it
+        ends, the turn is committed (:attr:`turn`)."""
+        resumes = 0
+        try:
+            while True:
+                try:
+                    event = await api.__anext__()
+                except StopAsyncIteration:
+                    answer = machine.answered(api.interaction, now=utcnow(), lease=self.owner.lease)
+                    send = await self.until_send(machine, answer)
+                    if send is None:
+                        return
+                    await api.aclose()
+                    api, body = await self.open_stream(machine, send.body)
+                    continue
+                except StreamError:
+                    resumes += 1
+                    resume = self.resume_body(machine, api, body, resumes)
+                    if resume is None:
+                        raise
+                    machine.resumed(api.partial_interaction)
+                    await api.aclose()
+                    api, body = await self.open_stream(machine, resume)
+                    continue
+                if isinstance(event, InteractionCreatedEvent) and machine.pending.store:
+                    interaction_id = event.interaction.id
+                    if interaction_id and interaction_id not in machine.pending.hop_ids:
+                        pending = machine.started(
+                            interaction_id, now=utcnow(), lease=self.owner.lease
+                        )
+                        await self.store.update_pending(pending, owner=self.owner.owner_id)
+                yield event
+        finally:
+            await api.aclose()
+
+    @staticmethod
+    def resume_body(
+        machine: lifecycle.TurnLifecycle, api: Any, body: JSONObject, resumes: int
+    ) -> JSONObject | None:
+        """The request that resumes a cut stream from its last checkpoint, as the SDK does
+        (at most ``MAX_RESUMES`` times in a row without progress), or None."""
+        if not api.can_resume or resumes > MAX_RESUMES:
+            return None
+        checkpoint = api.checkpoint
+        store = machine.pending.store
+        return continuation_body(
+            machine.body or body,
+            token=checkpoint.token,
+            owner_id=checkpoint.owner_id if store else None,
+            store=store,
+        )
 
     # ------------------------------------------------------------ commit and release
 

@@ -11,13 +11,12 @@ import threading
 import time
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._core import lifecycle, planner
-from .._core.continuation import continuation_body
 from .._exceptions import (
     APIError,
     ConcurrentTurnError,
@@ -30,7 +29,6 @@ from .._exceptions import (
 from ..models import (
     ConversationRecord,
     DeleteReport,
-    InteractionCreatedEvent,
     JSONObject,
     PendingTurnRecord,
     StepDeltaEvent,
@@ -39,7 +37,7 @@ from ..models import (
     TurnRecord,
     utcnow,
 )
-from .turns import TurnDriver
+from .turns import MAX_RESUMES, TurnDriver
 
 if TYPE_CHECKING:
     from .conversations import Conversations
@@ -48,8 +46,6 @@ logger = logging.getLogger("convostore.conversation")
 
 OnConflict = Literal["raise", "retry"]
 InFlight = Literal["reject", "wait", "cancel"]
-MAX_RESUMES = 3
-"""Reconnects of a cut stream without progress, as the SDK allows."""
 
 
 class _Prepared:
@@ -427,13 +423,11 @@ class TurnStream:
         self._auto_continue = auto_continue
         self._driver = TurnDriver(conversation)
         self._machine: lifecycle.TurnLifecycle | None = None
-        self._api: Any = None
-        self._body: JSONObject | None = None
-        self._resumes = 0
+        self._events: Generator[Any, None, None] | None = None
         self.turn: Turn | None = None
 
     def __enter__(self) -> TurnStream:
-        conv = self._conversation
+        conv, driver = self._conversation, self._driver
         while True:
             prepared = conv._prepare(self._new_steps, self._key)
             if isinstance(prepared, Turn):
@@ -444,45 +438,15 @@ class TurnStream:
             )
             self._machine = machine
             try:
-                effect = self._until_send(machine.start())
+                send = driver.until_send(machine, machine.start())
             except TurnInFlight as exc:
                 conv._in_flight(exc.pending, self._in_flight)
                 continue
             break
-        assert isinstance(effect, lifecycle.Send)
-        self._open(effect.body)
+        assert send is not None
+        api, body = driver.open_stream(machine, send.body)
+        self._events = driver.events(machine, api, body)
         return self
-
-    def _until_send(self, effect: lifecycle.Effect) -> lifecycle.Send | None:
-        """Perform effects up to the next request; None once the turn is committed."""
-        assert self._machine is not None
-        while not isinstance(effect, lifecycle.Send):
-            if isinstance(effect, lifecycle.Poll | lifecycle.Wait):
-                result = self._driver.drive(self._machine, effect)
-                assert isinstance(result, Turn)
-                self.turn = result
-                return None
-            done, result = self._driver.perform(self._machine, effect)
-            if done:
-                self.turn = result
-                return None
-            effect = result
-        return effect
-
-    def _open(self, body: JSONObject) -> None:
-        machine = self._machine
-        assert machine is not None
-        while True:
-            api = self._conversation._client._stream_checked(body)
-            try:
-                api.__enter__()
-            except APIError as exc:
-                effect = self._until_send(machine.api_error(exc, now=utcnow()))
-                assert effect is not None
-                body = effect.body
-                continue
-            self._api, self._body = api, body
-            return
 
     def __exit__(
         self,
@@ -490,8 +454,8 @@ class TurnStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._api is not None:
-            self._api.__exit__(exc_type, exc, tb)
+        if self._events is not None:
+            self._events.close()
         machine = self._machine
         if machine is not None and not machine.done and self.turn is None:
             # left early, or broken: nothing is committed, and nothing stays on the server
@@ -501,54 +465,13 @@ class TurnStream:
         return self
 
     def __next__(self) -> Any:
-        if self._api is None or self.turn is not None:
+        if self._events is None or self.turn is not None:
             raise StopIteration
-        machine = self._machine
-        assert machine is not None
-        owner = self._conversation._owner
-        while True:
-            try:
-                event = self._api.__next__()
-            except StopIteration:
-                interaction = self._api.interaction
-                effect = machine.answered(interaction, now=utcnow(), lease=owner.lease)
-                send = self._until_send(effect)
-                if send is None:
-                    raise
-                self._open(send.body)
-                continue
-            except StreamError:
-                resume = self._resume_body()
-                if resume is None:
-                    raise
-                machine.resumed(self._api.partial_interaction)
-                self._open(resume)
-                continue
-            if isinstance(event, InteractionCreatedEvent) and machine.pending.store:
-                interaction_id = event.interaction.id
-                if interaction_id and interaction_id not in machine.pending.hop_ids:
-                    pending = machine.started(interaction_id, now=utcnow(), lease=owner.lease)
-                    self._conversation._store.update_pending(pending, owner=owner.owner_id)
-            return event
-
-    def _resume_body(self) -> JSONObject | None:
-        """The request that resumes a cut stream from its last checkpoint, as the SDK does
-        (at most ``MAX_RESUMES`` times without progress), or None."""
-        machine, api = self._machine, self._api
-        if machine is None or self._body is None or not api.can_resume:
-            return None
-        checkpoint = api.checkpoint
-        progressed = checkpoint.token != self._body.get("continuation_token")
-        self._resumes = 1 if progressed else self._resumes + 1
-        if self._resumes > MAX_RESUMES:
-            return None
-        owner_id = checkpoint.owner_id if machine.pending.store else None
-        return continuation_body(
-            machine.body or self._body,
-            token=checkpoint.token,
-            owner_id=owner_id,
-            store=machine.pending.store,
-        )
+        try:
+            return self._events.__next__()
+        except StopIteration:
+            self.turn = self._driver.turn
+            raise
 
     def text_deltas(self) -> Iterator[str]:
         """Only the text as it arrives."""
