@@ -751,6 +751,38 @@ def test_unknown_parts_are_stored_the_same_unary_and_streamed() -> None:
     ]
 
 
+def test_a_replay_resends_the_stored_answer_verbatim_however_it_was_sent() -> None:
+    """Stateless mode re-sends the stored steps: tool_search steps and unknown parts included,
+    and the same steps whether the answer came unary or streamed."""
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if body.get("stream"):
+            chunks = [sse(event) for event in ANSWER_EVENTS]
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, stream=Chunks(chunks))
+        return httpx.Response(200, json={"id": "i1", "status": "completed", "steps": ANSWER})
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    client = cs.InteractionsClient(api_key=KEY, base_url="http://127.0.0.1:9", http_client=http)
+    with cs.Conversations("memory://replay-verbatim", client) as convos:
+        unary = convos.create(tenant="t", mode="stateless")
+        assert unary.send("first").steps == ANSWER
+        unary.send("again")
+        streamed = convos.create(tenant="t", mode="stateless")
+        with streamed.stream("first") as events:
+            list(events)
+        assert events.turn.steps == ANSWER
+        streamed.send("again")
+    user = [
+        {"type": "user_input", "content": [{"type": "text", "text": t}]} for t in ("first", "again")
+    ]
+    assert bodies[1]["input"] == [user[0], *ANSWER, user[1]]
+    assert bodies[3]["input"] == bodies[1]["input"]
+
+
 # A cut stream: what a driver reads to resume it.
 
 CHECKPOINT = sse(
