@@ -25,6 +25,7 @@ from convostore._client_base import (
     retry_delay,
     status_error,
 )
+from convostore._core.continuation import Checkpoint, continuation_body
 from convostore._core.streaming import StreamAccumulator
 from convostore.models import StepDeltaEvent, TextDelta, to_wire
 
@@ -661,6 +662,219 @@ def test_success_answers_that_are_not_interactions(content_type: str) -> None:
     body = [b'{"id": "x"}']  # JSON, but no status
     with canned(body, content_type="application/json") as c, pytest.raises(cs.APIError):
         c.create(model="m", input="x")
+
+
+# An answer holding parts and deltas of types convostore does not know must be stored the same
+# whether it was sent unary or streamed: a replay may not depend on how the turn travelled.
+
+ANSWER = [
+    {"type": "thought", "signature": "c2ln", "summary": [{"type": "text", "text": "hmm"}]},
+    {
+        "type": "model_output",
+        "content": [
+            {"type": "text", "text": "Here it is: "},
+            {"type": "hologram", "frames": 3, "data": {"k": [1, None]}},
+            {"type": "text", "text": "enjoy."},
+            {"type": "image", "mime_type": "image/png", "data": "iVBO"},
+        ],
+    },
+    {"type": "tool_search_call", "id": "ts1", "arguments": {"function_names": ["f"]}},
+    {"type": "brand_new_step", "payload": {"x": 1}},
+]
+ANSWER_EVENTS = [
+    {"event_type": "interaction.created", "interaction": {"id": "i1", "status": "in_progress"}},
+    {"event_type": "step.start", "index": 0, "step": {"type": "thought"}},
+    {
+        "event_type": "step.delta",
+        "index": 0,
+        "delta": {"type": "thought_summary", "content": {"type": "text", "text": "hmm"}},
+    },
+    {
+        "event_type": "step.delta",
+        "index": 0,
+        "delta": {"type": "thought_signature", "signature": "c2ln"},
+    },
+    {"event_type": "step.stop", "index": 0},
+    {"event_type": "step.start", "index": 1, "step": {"type": "model_output"}},
+    {"event_type": "step.delta", "index": 1, "delta": {"type": "text", "text": "Here "}},
+    {"event_type": "step.delta", "index": 1, "delta": {"type": "text", "text": "it is: "}},
+    {
+        "event_type": "step.delta",
+        "index": 1,
+        "delta": {"type": "hologram", "frames": 3, "data": {"k": [1, None]}},
+    },
+    {"event_type": "step.delta", "index": 1, "delta": {"type": "text", "text": "enjoy."}},
+    {
+        "event_type": "step.delta",
+        "index": 1,
+        "delta": {"type": "image", "mime_type": "image/png", "data": "iVBO"},
+    },
+    {"event_type": "step.stop", "index": 1},
+    {"event_type": "step.start", "index": 2, "step": {"type": "tool_search_call", "id": "ts1"}},
+    {
+        "event_type": "step.delta",
+        "index": 2,
+        "delta": {"type": "tool_search_call", "arguments": {"function_names": ["f"]}},
+    },
+    {"event_type": "step.stop", "index": 2},
+    {"event_type": "step.start", "index": 3, "step": ANSWER[3]},
+    {"event_type": "step.stop", "index": 3},
+    {"event_type": "interaction.completed", "interaction": {"id": "i1", "status": "completed"}},
+]
+
+
+def answering() -> cs.InteractionsClient:
+    """A client whose server answers every request with ANSWER, unary or streamed."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            chunks = [sse(event) for event in ANSWER_EVENTS]
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, stream=Chunks(chunks))
+        return httpx.Response(200, json={"id": "i1", "status": "completed", "steps": ANSWER})
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    return cs.InteractionsClient(api_key=KEY, base_url="http://127.0.0.1:9", http_client=http)
+
+
+def test_unknown_parts_are_stored_the_same_unary_and_streamed() -> None:
+    with answering() as c:
+        unary = c.create(model="m", input="x")
+        with c.stream(model="m", input="x") as stream:
+            streamed = stream.until_done()
+    assert unary.steps == ANSWER
+    assert streamed.steps == unary.steps
+    assert streamed.output_text == unary.output_text == "enjoy."  # the hologram ends the text
+    assert streamed.output_image == unary.output_image == ANSWER[1]["content"][3]
+    assert stream.unknown_deltas == [
+        (1, {"type": "hologram", "frames": 3, "data": {"k": [1, None]}})
+    ]
+
+
+def test_a_replay_resends_the_stored_answer_verbatim_however_it_was_sent() -> None:
+    """Stateless mode re-sends the stored steps: tool_search steps and unknown parts included,
+    and the same steps whether the answer came unary or streamed."""
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if body.get("stream"):
+            chunks = [sse(event) for event in ANSWER_EVENTS]
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, stream=Chunks(chunks))
+        return httpx.Response(200, json={"id": "i1", "status": "completed", "steps": ANSWER})
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    client = cs.InteractionsClient(api_key=KEY, base_url="http://127.0.0.1:9", http_client=http)
+    with cs.Conversations("memory://replay-verbatim", client) as convos:
+        unary = convos.create(tenant="t", mode="stateless")
+        assert unary.send("first").steps == ANSWER
+        unary.send("again")
+        streamed = convos.create(tenant="t", mode="stateless")
+        with streamed.stream("first") as events:
+            list(events)
+        assert events.turn.steps == ANSWER
+        streamed.send("again")
+    user = [
+        {"type": "user_input", "content": [{"type": "text", "text": t}]} for t in ("first", "again")
+    ]
+    assert bodies[1]["input"] == [user[0], *ANSWER, user[1]]
+    assert bodies[3]["input"] == bodies[1]["input"]
+
+
+# A cut stream: what a driver reads to resume it.
+
+CHECKPOINT = sse(
+    {
+        "event_type": "interaction.status_update",
+        "interaction_id": "i1",
+        "status": "in_progress",
+        "continuation_token": "tok1",
+        "usage": {"total_output_tokens": 2},
+    }
+)
+
+
+def test_a_stream_cut_at_a_checkpoint_can_be_resumed() -> None:
+    drop = httpx.ReadError("connection reset")
+    with (
+        canned([CREATED, STEP, CHECKPOINT], error=drop).stream(model="m", input="x") as stream,
+        pytest.raises(cs.StreamError, match="interrupted"),
+    ):
+        list(stream)
+    assert stream.interaction is None
+    assert stream.checkpoint == Checkpoint("tok1", "i1")
+    assert stream.can_resume and not stream.content_since_checkpoint
+    assert (stream.status, stream.continuation_token) == ("in_progress", "tok1")
+    partial = stream.partial_interaction
+    assert partial.status == "in_progress" and partial.continuation_token == "tok1"
+    assert partial.output_text == "Hi"
+    assert partial.usage is not None and partial.usage.total_output_tokens == 2
+    body = continuation_body(
+        {"model": "m", "input": "x"},
+        token=stream.checkpoint.token,
+        owner_id=stream.checkpoint.owner_id,
+    )
+    assert body == {"model": "m", "continuation_token": "tok1", "previous_interaction_id": "i1"}
+
+
+def test_a_stream_cut_after_output_past_its_checkpoint_cannot_be_resumed_cleanly() -> None:
+    more = sse({"event_type": "step.delta", "index": 0, "delta": {"type": "text", "text": "!"}})
+    with (
+        canned([CREATED, STEP, CHECKPOINT, more]).stream(model="m", input="x") as stream,
+        pytest.raises(cs.StreamError, match="ended before"),
+    ):
+        list(stream)
+    assert stream.checkpoint == Checkpoint("tok1", "i1")
+    assert stream.content_since_checkpoint and not stream.can_resume
+    assert stream.partial_interaction.output_text == "Hi!"
+
+
+def test_a_continuation_request_resumes_from_its_own_token_until_a_new_one() -> None:
+    hop = {"model": "m", "continuation_token": "tok0", "previous_interaction_id": "i0"}
+    with (
+        canned([CREATED]).stream(**hop) as stream,
+        pytest.raises(cs.StreamError, match="ended before"),
+    ):
+        list(stream)
+    assert stream.checkpoint == Checkpoint("tok0", "i0") and stream.can_resume
+    with canned([CREATED, CHECKPOINT, COMPLETED]).stream(**hop) as stream:
+        interaction = stream.until_done()
+    assert interaction.status == "completed" and interaction.continuation_token is None
+    assert stream.checkpoint is None  # the completed snapshot carried no token
+
+
+def test_async_stream_exposes_the_resume_point() -> None:
+    class AsyncChunks(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            for chunk in (CREATED, STEP, CHECKPOINT):
+                yield chunk
+            raise httpx.ReadError("connection reset")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=AsyncChunks()
+        )
+
+    async def main() -> cs.AsyncInteractionStream:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        async with (
+            http,
+            cs.AsyncInteractionsClient(
+                api_key=KEY, base_url="http://127.0.0.1:9", http_client=http
+            ) as c,
+        ):
+            stream = c.stream(model="m", input="x")
+            with pytest.raises(cs.StreamError, match="interrupted"):
+                async with stream:
+                    async for _ in stream:
+                        pass
+            return stream
+
+    stream = asyncio.run(main())
+    assert stream.checkpoint == Checkpoint("tok1", "i1") and stream.can_resume
+    assert stream.partial_interaction.output_text == "Hi"
 
 
 # --------------------------------------------------------------------------- secrets

@@ -77,3 +77,11 @@ def test_errors_share_one_root() -> None:
         obj = getattr(cs, name)
         if inspect.isclass(obj) and issubclass(obj, Exception):
             assert issubclass(obj, cs.ConvostoreError), name
+
+
+def test_interaction_outcome_errors_are_public_api_errors() -> None:
+    for name in ("InteractionFailed", "InteractionUnfinished"):
+        assert name in cs.__all__
+        error = getattr(cs, name)(interaction_id="i", status="x", errors=[])
+        assert isinstance(error, cs.APIError)
+        assert (error.interaction_id, error.status, error.errors) == ("i", "x", [])
