@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from .._exceptions import (
     ConversationNotFound,
     CorruptRecordError,
     EncryptionError,
+    InteractionUnfinished,
     LeaseLost,
     NotFoundError,
     StoreError,
@@ -83,6 +85,7 @@ class AsyncTurnDriver:
         (its ``PendingTurnRecord``: background, or ``wait=False``), or given up (raised; a
         lost turn returns None)."""
         polls = 0
+        deadline = time.monotonic() + self.owner.poll_timeout
         while True:
             if isinstance(effect, lifecycle.Send) and self.streamed(machine):
                 # received as a stream, so the interaction id is recorded as soon as the
@@ -97,6 +100,12 @@ class AsyncTurnDriver:
             elif isinstance(effect, lifecycle.Poll):
                 if polls and not wait:
                     raise Running(machine.pending)
+                if polls and time.monotonic() > deadline:
+                    # it stays pending: a later wait() or recover() can still finish it
+                    raise InteractionUnfinished(
+                        interaction_id=effect.interaction_id,
+                        status=machine.hops[-1].status if machine.hops else None,
+                    )
                 effect = await self.poll(machine, effect.interaction_id, polls)
                 polls += 1
             elif isinstance(effect, lifecycle.Wait):

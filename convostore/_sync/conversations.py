@@ -60,6 +60,8 @@ class Conversations:
             another worker may take it over (default 10 minutes: longer than a request).
         poll_interval: the first pause between polls of an unfinished answer (doubling up to
             ``poll_interval * 16``).
+        poll_timeout: how long ``send`` polls an unfinished answer before it raises
+            :class:`InteractionUnfinished` (the turn stays pending; seconds, default 600).
         auto_continue: continue answers stopped at the decode limit (default True).
         webhook_uris: for background turns: the ``webhook_config.uris`` the API notifies.
         webhook_secret: the secret that signs those webhooks (see :meth:`handle_webhook`).
@@ -76,6 +78,7 @@ class Conversations:
         policy: planner.Policy | None = None,
         lease: timedelta = lifecycle.DEFAULT_LEASE,
         poll_interval: float = 0.25,
+        poll_timeout: float = 600.0,
         auto_continue: bool = True,
         webhook_uris: Sequence[str] = (),
         webhook_secret: str | bytes | None = None,
@@ -97,6 +100,9 @@ class Conversations:
             raise ValidationError("poll_interval must be positive")
         self.lease = lease
         self.poll_interval = float(poll_interval)
+        if isinstance(poll_timeout, bool) or not isinstance(poll_timeout, int | float):
+            raise ValidationError("poll_timeout must be a number of seconds")
+        self.poll_timeout = float(poll_timeout)
         self.auto_continue = bool(auto_continue)
         self.webhook_uris = list(webhook_uris)
         self.webhook_secret = webhook_secret

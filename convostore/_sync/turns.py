@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 import logging
+import time
 from collections.abc import Generator, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .._core import lifecycle, planner
@@ -24,6 +24,7 @@ from .._exceptions import (
     ConversationNotFound,
     CorruptRecordError,
     EncryptionError,
+    InteractionUnfinished,
     LeaseLost,
     NotFoundError,
     StoreError,
@@ -86,6 +87,7 @@ class TurnDriver:
         (its ``PendingTurnRecord``: background, or ``wait=False``), or given up (raised; a
         lost turn returns None)."""
         polls = 0
+        deadline = time.monotonic() + self.owner.poll_timeout
         while True:
             if isinstance(effect, lifecycle.Send) and self.streamed(machine):
                 # received as a stream, so the interaction id is recorded as soon as the
@@ -100,6 +102,12 @@ class TurnDriver:
             elif isinstance(effect, lifecycle.Poll):
                 if polls and not wait:
                     raise Running(machine.pending)
+                if polls and time.monotonic() > deadline:
+                    # it stays pending: a later wait() or recover() can still finish it
+                    raise InteractionUnfinished(
+                        interaction_id=effect.interaction_id,
+                        status=machine.hops[-1].status if machine.hops else None,
+                    )
                 effect = self.poll(machine, effect.interaction_id, polls)
                 polls += 1
             elif isinstance(effect, lifecycle.Wait):
