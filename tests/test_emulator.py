@@ -556,7 +556,10 @@ def test_stream_framing_and_event_order(http: httpx.Client) -> None:
     assert kinds[0] == "interaction.created" and kinds[-1] == "interaction.completed"
     assert [e["event_id"] for e in events] == [str(i) for i in range(len(events))]
     assert events[0]["interaction"]["status"] == "in_progress"
-    body = [e for e in events[1:-1]]
+    update = events[1]
+    assert update["event_type"] == "interaction.status_update"
+    assert (update["interaction_id"], update["status"]) == (events[0]["interaction"]["id"], "in_progress")
+    body = [e for e in events[2:-1]]
     starts = [e["index"] for e in body if e["event_type"] == "step.start"]
     assert starts == [0, 1]
     # each step is start, deltas, stop, in order
@@ -630,9 +633,10 @@ def test_cut_stream_drops_the_connection(emulator: Emulator, http: httpx.Client)
 
 
 def test_fail_stream_sends_an_error_event(emulator: Emulator, http: httpx.Client) -> None:
-    emulator.fail_stream(after_events=2, code="resource_exhausted", message="boom")
+    emulator.fail_stream(after_events=3, code="resource_exhausted", message="boom")
     events = stream(http, input="hi")
-    assert [e["event_type"] for e in events] == ["interaction.created", "step.start", "error"]
+    kinds = [e["event_type"] for e in events]
+    assert kinds == ["interaction.created", "interaction.status_update", "step.start", "error"]
     assert events[-1]["error"] == {"code": "resource_exhausted", "message": "boom"}
 
 

@@ -26,12 +26,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._decode import (
+    ContinuationPoint,
+    DecodePlan,
+    Hop,
+    hop_end,
+    hop_steps,
+    partial_end,
+    plan_answer,
+)
+from ._lifecycle import Outcome, cancel, finish, start_later, truncate_owner
 from ._model import InputError, generate, normalize_input, validate_context
-from ._responses import EventStream, build_events, interaction_body
+from ._responses import EventStream, append_events, interaction_body, opening_events
 from ._state import (
+    UNFINISHED_STATUSES,
     EmulatorSettings,
     EmulatorState,
     RecordedRequest,
+    StatusFault,
     StoredInteraction,
     new_interaction_id,
 )
@@ -85,7 +97,6 @@ _STATUS_CODES = {
     503: "unavailable",
     504: "deadline_exceeded",
 }
-_BACKGROUND_TASKS: set[asyncio.Task[None]] = set()
 
 
 class _Reject(Exception):
@@ -137,6 +148,18 @@ def _check_create_body(body: Any, settings: EmulatorSettings) -> dict[str, Any]:
         raise _Reject(400, "invalid_request", "'tools' must be a list")
     if body.get("background") and body.get("store") is False:
         raise _Reject(400, "invalid_request", "'background' requires 'store' (store=false given)")
+    config = body.get("webhook_config")
+    if config is not None and not (
+        isinstance(config, dict)
+        and isinstance(config.get("uris", []), list)
+        and isinstance(config.get("user_metadata", {}), dict)
+    ):
+        raise _Reject(
+            400,
+            "invalid_request",
+            "'webhook_config' must be an object with 'uris' (a list) and "
+            "'user_metadata' (an object)",
+        )
     return body
 
 
@@ -154,19 +177,76 @@ def _resolve_chain(state: EmulatorState, previous: str | None) -> list[dict[str,
     return copy.deepcopy([step for turn in reversed(chain) for step in turn])
 
 
-async def _complete_later(state: EmulatorState, rec: StoredInteraction, result: Any) -> None:
-    await asyncio.sleep(state.settings.background_seconds)
-    with state.lock:
-        if rec.status == "in_progress":
-            rec.output_steps, rec.status, rec.usage = result.steps, result.status, result.usage
-            rec.updated = time.time()
-            rec.events = build_events(rec)
+def _outcome(plan: DecodePlan, hop: Hop, limit: int | None, fault: StatusFault | None) -> Outcome:
+    start = hop.start
+    if fault is not None and fault.status in ("failed", "cancelled"):
+        end, status = start, fault.status
+    elif fault is not None and fault.status in ("incomplete", "budget_exceeded"):
+        end, status = partial_end(plan, start), fault.status
+    else:
+        end = hop_end(plan, start, limit)
+        status = plan.status if end >= plan.size else "requires_continuation"
+    errors = fault.errors if fault is not None else None
+    if status == "failed" and not errors:
+        errors = [{"code": "internal", "message": "injected failure"}]
+    return Outcome(Hop(plan, start, end, hop.context), status, errors)
 
 
-async def _create(state: EmulatorState, raw: Any) -> Response:
+def _resume(
+    state: EmulatorState, body: dict[str, Any], stored: bool
+) -> tuple[Hop, ContinuationPoint, list[dict[str, Any]]]:
+    """Validate a create that carries ``continuation_token``; the hop it starts and its input."""
+    token = body["continuation_token"]
+    if not isinstance(token, str) or not token:
+        raise _Reject(400, "invalid_request", "'continuation_token' must be a non-empty string")
+    if body.get("background"):
+        raise _Reject(400, "invalid_request", "'continuation_token' cannot be used with background")
     with state.lock:
-        settings = copy.copy(state.settings)
-    body = _check_create_body(raw, settings)
+        point = state.tokens.get(token)
+    if point is None:
+        raise _Reject(400, "invalid_request", "Invalid continuation_token.")
+    plan, previous = point.plan, body.get("previous_interaction_id")
+    if body.get("model") != plan.model or body.get("agent") is not None:
+        raise _Reject(
+            400, "invalid_request", f"continuation_token was issued for model {plan.model}"
+        )
+    context: dict[str, Any] = {"system_instruction": body.get("system_instruction")}
+    if stored:
+        if body.get("input") is not None:
+            raise _Reject(
+                400,
+                "invalid_request",
+                "'input' must be omitted when continuing a stored interaction "
+                "(send previous_interaction_id and continuation_token only)",
+            )
+        if point.owner_id is None or previous != point.owner_id:
+            raise _Reject(
+                400,
+                "invalid_request",
+                f"continuation_token was not issued by interaction {previous}; send the id of "
+                "the interaction that returned it as previous_interaction_id",
+            )
+        steps: list[dict[str, Any]] = []
+    else:
+        try:
+            steps = normalize_input(body.get("input"))
+        except InputError as exc:
+            raise _Reject(400, "invalid_request", str(exc)) from exc
+        if steps != plan.turn_input or previous != plan.turn_previous_id:
+            raise _Reject(
+                400,
+                "invalid_request",
+                "continuation_token does not match this request: with store=false, re-send the "
+                "original input (and previous_interaction_id) with the token",
+            )
+        context["input"] = steps
+        context["prefix"] = hop_steps(plan, 0, point.position)
+    with state.lock:
+        context["chain"] = _resolve_chain(state, previous)
+    return Hop(plan, point.position, point.position, context), point, steps
+
+
+def _first_hop(body: dict[str, Any], state: EmulatorState) -> tuple[Hop, list[dict[str, Any]]]:
     try:
         steps = normalize_input(body.get("input"))
     except InputError as exc:
@@ -177,40 +257,71 @@ async def _create(state: EmulatorState, raw: Any) -> Response:
         validate_context(chain, steps)
     except InputError as exc:
         raise _Reject(400, "invalid_request", str(exc)) from exc
-    result = generate(
+    generation = generate(
         chain,
         steps,
         system_instruction=body.get("system_instruction"),
         tools=body.get("tools"),
         response_format=body.get("response_format"),
     )
+    plan = plan_answer(
+        generation,
+        model=body.get("model"),
+        turn_input=steps,
+        turn_previous_id=body.get("previous_interaction_id"),
+    )
+    context = {"system_instruction": body.get("system_instruction"), "chain": chain, "input": steps}
+    return Hop(plan, 0, 0, context), steps
+
+
+async def _create(state: EmulatorState, raw: Any) -> Response:
+    with state.lock:
+        settings = state.settings.copy()
+    body = _check_create_body(raw, settings)
+    stored = body.get("store", True) is not False
+    background = bool(body.get("background"))
+    point: ContinuationPoint | None = None
+    if body.get("continuation_token") is not None:
+        hop, point, steps = _resume(state, body, stored)
+    else:
+        hop, steps = _first_hop(body, state)
+    # A background interaction is continued by the server itself: no decode limit applies.
+    limit = None if background else settings.decode_limit(body.get("model"))
+    with state.lock:
+        fault = state.take_status_fault()
+    outcome = _outcome(hop.plan, hop, limit, fault)
+    running = "in_progress" if background else None
+    if fault is not None and fault.status in UNFINISHED_STATUSES:
+        running = fault.status
     now = time.time()
+    webhook_config = body.get("webhook_config")
     rec = StoredInteraction(
         id=new_interaction_id(),
         model=body.get("model"),
         agent=body.get("agent"),
         created=now,
         updated=now,
-        status=result.status,
+        status=running or "in_progress",
         raw_input=copy.deepcopy(body.get("input")),
-        input_steps=copy.deepcopy(steps),
-        output_steps=result.steps,
+        input_steps=[] if point is not None and stored else copy.deepcopy(steps),
+        output_steps=[],
         config={k: copy.deepcopy(v) for k, v in body.items() if k in _CONFIG_FIELDS},
         previous_interaction_id=body.get("previous_interaction_id"),
-        usage=result.usage,
-        background=bool(body.get("background")),
+        usage={},
+        background=background,
+        webhook_config=copy.deepcopy(webhook_config) if isinstance(webhook_config, dict) else None,
     )
-    if rec.background:
-        rec.status, rec.output_steps, rec.usage = "in_progress", [], {}
-        task = asyncio.get_running_loop().create_task(_complete_later(state, rec, result))
-        _BACKGROUND_TASKS.add(task)
-        task.add_done_callback(_BACKGROUND_TASKS.discard)
-    else:
-        rec.events = build_events(rec)
     with state.lock:
-        if body.get("store", True):
+        if point is not None and stored:
+            truncate_owner(state, point)
+        if stored:
             state.interactions[rec.id] = rec
-        streams = bool(body.get("stream")) and not rec.background
+        append_events(rec, opening_events(rec, rec.status))
+        if running is None:
+            finish(state, rec, outcome, stored=stored)
+        else:
+            start_later(state, rec, outcome, stored=stored)
+        streams = bool(body.get("stream")) and not background
         stream_fault = state.take_stream_fault() if streams else None
         response_steps = copy.deepcopy(rec.output_steps)
         if settings.echo_user_input:
@@ -219,40 +330,24 @@ async def _create(state: EmulatorState, raw: Any) -> Response:
             )
         payload = interaction_body(rec, response_steps)
     if streams:
-        return EventStream(rec.events, stream_fault)
+        return EventStream(state, rec, stream_fault)
     return JSONResponse(payload)
 
 
-async def _wait_finished(state: EmulatorState, interaction_id: str) -> StoredInteraction:
-    while True:
-        with state.lock:
-            rec = state.live(interaction_id)
-            if rec is None:
-                raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
-            if rec.status != "in_progress":
-                return rec
-        await asyncio.sleep(0.01)
-
-
 async def _get(state: EmulatorState, interaction_id: str, query: dict[str, str]) -> Response:
-    if query.get("stream", "").lower() == "true":
-        rec = await _wait_finished(state, interaction_id)
-        after = query.get("last_event_id")
-        with state.lock:
-            events = copy.deepcopy(rec.events)
-            fault = state.take_stream_fault()
-        if after is not None:
-            if not after.lstrip("-").isdigit():
-                raise _Reject(400, "invalid_request", "last_event_id must be an event id")
-            events = [e for e in events if int(e["event_id"]) > int(after)]
-        return EventStream(events, fault)
     with state.lock:
         found = state.live(interaction_id)
         if found is None:
             raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
-        include = query.get("include_input", "").lower() == "true"
-        steps = [*found.input_steps, *found.output_steps]
-        return JSONResponse(interaction_body(found, steps, include_input=include))
+        if query.get("stream", "").lower() != "true":
+            include = query.get("include_input", "").lower() == "true"
+            steps = [*found.input_steps, *found.output_steps]
+            return JSONResponse(interaction_body(found, steps, include_input=include))
+        after = query.get("last_event_id")
+        if after is not None and not after.lstrip("-").isdigit():
+            raise _Reject(400, "invalid_request", "last_event_id must be an event id")
+        fault = state.take_stream_fault()
+    return EventStream(state, found, fault, after=int(after) if after is not None else -1)
 
 
 def _delete(state: EmulatorState, interaction_id: str) -> Response:
@@ -268,14 +363,14 @@ def _cancel(state: EmulatorState, interaction_id: str) -> Response:
         rec = state.live(interaction_id)
         if rec is None:
             raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
-        if not (rec.background and rec.status == "in_progress"):
+        if rec.finished:
             raise _Reject(
                 400,
                 "failed_precondition",
-                f"Interaction {interaction_id} is not a running background interaction",
+                f"Interaction {interaction_id} is not running (status {rec.status}); "
+                "only a running interaction can be cancelled",
             )
-        rec.status, rec.updated = "cancelled", time.time()
-        rec.events = build_events(rec)
+        cancel(state, rec)
         return JSONResponse(interaction_body(rec, []))
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "Generation",
     "InputError",
     "canonical_json",
+    "count_words",
     "generate",
     "normalize_input",
     "parse_answer",
@@ -228,8 +229,12 @@ def _strings(value: Any) -> list[str]:
     return found
 
 
-def _words(value: Any) -> int:
+def count_words(value: Any) -> int:
+    """Words in every string of a JSON value (ids, types and signatures excluded): "tokens"."""
     return sum(len(s.split()) for s in _strings(value))
+
+
+_words = count_words
 
 
 def _user_text(step: dict[str, Any]) -> str:
