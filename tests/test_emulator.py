@@ -558,7 +558,10 @@ def test_stream_framing_and_event_order(http: httpx.Client) -> None:
     assert events[0]["interaction"]["status"] == "in_progress"
     update = events[1]
     assert update["event_type"] == "interaction.status_update"
-    assert (update["interaction_id"], update["status"]) == (events[0]["interaction"]["id"], "in_progress")
+    assert (update["interaction_id"], update["status"]) == (
+        events[0]["interaction"]["id"],
+        "in_progress",
+    )
     body = [e for e in events[2:-1]]
     starts = [e["index"] for e in body if e["event_type"] == "step.start"]
     assert starts == [0, 1]
