@@ -120,8 +120,8 @@ class TurnControls:
           waits); after :attr:`background_seconds` the interaction finishes with its own
           answer (GET shows it; the stream goes on) unless it was cancelled meanwhile.
 
-        Streams carry the status in an ``interaction.status_update`` before
-        ``interaction.completed``.
+        ``errors`` are recorded with the final statuses only. Streams carry the status in an
+        ``interaction.status_update`` before ``interaction.completed``.
 
         Raises:
             ValidationError: an unknown status, malformed ``errors`` or ``times`` < 1.

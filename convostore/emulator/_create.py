@@ -140,7 +140,7 @@ def _outcome(plan: DecodePlan, hop: Hop, limit: int | None, fault: StatusFault |
     else:
         end = hop_end(plan, start, limit)
         status = plan.status if end >= plan.size else "requires_continuation"
-    errors = fault.errors if fault is not None else None
+    errors = fault.errors if fault is not None and fault.status not in UNFINISHED_STATUSES else None
     if status == "failed" and not errors:
         errors = [{"code": "internal", "message": "injected failure"}]
     return Outcome(Hop(plan, start, end, hop.context), status, errors)
