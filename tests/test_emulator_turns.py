@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ def test_an_answer_over_the_decode_limit_comes_in_stored_hops(
     assert len({h["id"] for h in hops}) == len(hops)
     assert "".join(text_of(h) for h in hops) == text_of(whole)
     assert [len(text_of(h).split()) for h in hops] == [40] * 7 + [32]
-    for before, hop in zip(hops, hops[1:], strict=False):
+    for before, hop in itertools.pairwise(hops):
         stored = get(http, hop["id"])
         assert stored["previous_interaction_id"] == before["id"]
         assert stored["steps"] == hop["steps"]  # a continuation hop has no input of its own
@@ -324,10 +325,12 @@ def test_cut_after_a_checkpoint_then_resume_with_store_false(
     body = {"model": "m", "input": LONG, "stream": True, "store": False}
     emulator.cut_stream_after_checkpoint(2)
     lines: list[str] = []
-    with http.stream("POST", "/v1/interactions", json=body) as response:
-        with pytest.raises(httpx.RemoteProtocolError):
-            for line in response.iter_lines():
-                lines.append(line)
+    with (
+        http.stream("POST", "/v1/interactions", json=body) as response,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        for line in response.iter_lines():
+            lines.append(line)
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     assert events[-1]["event_type"] == "interaction.status_update"
     assert [e for e in events if "continuation_token" in e][-1] is events[-1]

@@ -44,7 +44,7 @@ def receiver() -> Iterator[Receiver]:
     box: list[Receiver] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             rec = box[0]
             rec.received.append(({k.lower(): v for k, v in self.headers.items()}, body))

@@ -257,7 +257,8 @@ def test_automatic_continuation_unary(emulator: Emulator, client: Any, store: bo
     assert len(posts) == len(merged.continuation_ids) == 7  # 314 words, 50 a hop
     assert merged.id == merged.continuation_ids[-1]
     assert merged.usage.total_output_tokens == whole.usage.total_output_tokens
-    for before, after in zip(posts, posts[1:], strict=False):
+    assert posts[0] == {"model": MODEL, "input": LONG, "store": store}
+    for after in posts[1:]:
         assert after["continuation_token"].startswith("ct_")
         if store:
             assert "input" not in after and after["previous_interaction_id"]
@@ -302,6 +303,7 @@ def test_sdk_resumes_a_stream_cut_after_a_checkpoint(emulator: Emulator, client:
     assert stream_text(events) == whole.output_text  # nothing repeated, nothing lost
     assert events[-1].interaction.status == "completed"
     first, resumed = hop_posts(emulator)
+    assert first["input"] == LONG and "continuation_token" not in first
     cut_id = events[0].interaction.id
     assert resumed["previous_interaction_id"] == cut_id and "input" not in resumed
     assert client.interactions.get(cut_id).status == "requires_continuation"

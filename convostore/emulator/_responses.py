@@ -75,6 +75,20 @@ class EventStream(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:  # a client that left stops a stream that is waiting
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self._send_events(send, gone)
+        finally:
+            watcher.cancel()
+
+    async def _send_events(self, send: Send, gone: asyncio.Event) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         fault = self.fault
         position = checkpoints = 0
@@ -106,7 +120,7 @@ class EventStream(Response):
                     checkpoints += 1
                     if checkpoints == fault.after_checkpoint:
                         return  # dropped right after a resumable checkpoint
-            if finished:
+            if finished or gone.is_set():
                 break
             await asyncio.sleep(_POLL_SECONDS)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
