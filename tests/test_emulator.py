@@ -398,6 +398,55 @@ def test_function_call_round_trip_by_replay(http: httpx.Client) -> None:
     assert done["steps"][-1]["content"][0]["text"].endswith('Result of get_weather: "sunny"')
 
 
+def test_a_declared_tool_search_finds_the_function_first(http: httpx.Client) -> None:
+    tools = [{"type": "tool_search"}, *TOOLS]
+    made = create(http, input="call get_weather in Oslo", tools=tools)
+    search, found, thought, call = made["steps"]
+    assert search == {
+        "type": "tool_search_call",
+        "id": "search_1",
+        "arguments": {"function_names": ["get_weather"]},
+        "signature": search["signature"],
+    }
+    assert found == {
+        "type": "tool_search_result",
+        "call_id": "search_1",
+        "result": [TOOLS[0]],
+        "signature": found["signature"],
+    }
+    assert (thought["type"], call["type"], made["status"]) == (
+        "thought",
+        "function_call",
+        "requires_action",
+    )
+    result = {"type": "function_result", "call_id": call["id"], "result": "cold"}
+    chained = create(http, input=[result], previous_interaction_id=made["id"], tools=tools)
+    history = [user("call get_weather in Oslo"), *made["steps"], result]
+    replayed = create(http, input=history, tools=tools, store=False)
+    assert answer(chained) == answer(replayed)
+    # client-side tool search is not emulated: no search steps
+    client_side = [{"type": "tool_search", "execution": "client"}, *TOOLS]
+    plain = create(http, input="call get_weather in Oslo", tools=client_side)
+    assert [s["type"] for s in plain["steps"]] == ["thought", "function_call"]
+    events = stream(http, input="call get_weather in Oslo", tools=tools)
+    deltas = [e["delta"] for e in events if e["event_type"] == "step.delta"]
+    assert deltas[0] == {
+        "type": "tool_search_call",
+        "arguments": {"function_names": ["get_weather"]},
+        "signature": search["signature"],
+    }
+    assert deltas[1] == {
+        "type": "tool_search_result",
+        "result": [TOOLS[0]],
+        "signature": found["signature"],
+    }
+    starts = [e["step"] for e in events if e["event_type"] == "step.start"]
+    assert starts[:2] == [
+        {"type": "tool_search_call", "id": "search_1", "arguments": {}},
+        {"type": "tool_search_result", "call_id": "search_1"},
+    ]
+
+
 @pytest.mark.parametrize(
     "mutate",
     [

@@ -124,6 +124,34 @@ def test_function_calling_round_trip(client: Any) -> None:
     assert answered.output_text.endswith('Result of get_weather: {"temp_c":21}')
 
 
+def test_tool_search_steps_are_typed_by_the_sdk(client: Any) -> None:
+    tools = [{"type": "tool_search"}, *TOOLS]
+    asked = client.interactions.create(model=MODEL, input="call get_weather in Oslo", tools=tools)
+    kinds = [type(step).__name__ for step in asked.steps]
+    assert kinds == [
+        "ToolSearchCallStep",
+        "ToolSearchResultStep",
+        "ThoughtStep",
+        "FunctionCallStep",
+    ]
+    assert asked.steps[0].arguments.function_names == ["get_weather"]
+    assert asked.steps[1].result[0].name == "get_weather"
+    events = list(
+        client.interactions.create(
+            model=MODEL, input="call get_weather in Oslo", tools=tools, stream=True
+        )
+    )
+    deltas = [type(e.delta).__name__ for e in events if e.event_type == "step.delta"]
+    assert deltas[:2] == ["ToolSearchCallDelta", "ToolSearchResultDelta"]
+    replay = [
+        {"type": "user_input", "content": [{"type": "text", "text": "call get_weather in Oslo"}]},
+        *dump(asked.steps),
+        {"type": "function_result", "call_id": asked.steps[-1].id, "result": "cold"},
+    ]
+    done = client.interactions.create(model=MODEL, input=replay, tools=tools, store=False)
+    assert done.output_text.endswith('Result of get_weather: "cold"')
+
+
 def test_replayed_call_with_a_forged_signature_is_a_bad_request(client: Any) -> None:
     asked = client.interactions.create(
         model=MODEL, input="call get_weather in Oslo", tools=TOOLS, store=False

@@ -19,7 +19,9 @@ interaction, ``last_event_id`` resume, ``include_input``), delete, cancel; ``sto
 true), ``previous_interaction_id`` chains without inheritance of interaction-scoped settings,
 retention and forced expiry; the service's validation of ``model``/``agent``, unknown fields,
 input shapes, ``function_result`` placement and signed thoughts before replayed
-``function_call`` steps; API key check; usage counted in words.
+``function_call`` steps; a declared ``tool_search`` tool run server-side
+(``tool_search_call`` / ``tool_search_result`` steps and deltas before a function call); API
+key check; usage counted in words.
 
 Long and unfinished turns (the controls are methods of :class:`Emulator`):
 
@@ -47,10 +49,10 @@ Long and unfinished turns (the controls are methods of :class:`Emulator`):
   and recorded in :attr:`Emulator.webhook_deliveries`.
 
 Not emulated: real generation, media output, built-in tools (search, code execution, MCP,
-tool search…), agents beyond echoing ``agent``, the RS256 JWT signature of per-request
-(``webhook_config``) webhooks (all deliveries are HMAC-signed), the webhooks management API,
-Vertex paths, quotas, persistence across restarts (state is in memory; thought signatures and
-continuation tokens are valid for one process only).
+client-side tool search…), agents beyond echoing ``agent``, the RS256 JWT signature of
+per-request (``webhook_config``) webhooks (all deliveries are HMAC-signed), the webhooks
+management API, Vertex paths, quotas, persistence across restarts (state is in memory;
+thought signatures and continuation tokens are valid for one process only).
 """
 
 from __future__ import annotations

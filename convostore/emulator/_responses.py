@@ -174,6 +174,16 @@ def _step_events(index: int, step: dict[str, Any]) -> list[dict[str, Any]]:
             {"type": "arguments_delta", "arguments": encoded[i : i + 16]}
             for i in range(0, len(encoded), 16)
         ]
+    elif kind == "tool_search_call":
+        start = {"type": kind, "id": step.get("id"), "arguments": {}}
+        deltas.append(
+            {"type": kind, "arguments": step.get("arguments"), "signature": step.get("signature")}
+        )
+    elif kind == "tool_search_result":
+        start = {"type": kind, "call_id": step.get("call_id")}
+        deltas.append(
+            {"type": kind, "result": step.get("result"), "signature": step.get("signature")}
+        )
     else:
         start = step
     return [
