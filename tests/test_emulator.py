@@ -398,6 +398,55 @@ def test_function_call_round_trip_by_replay(http: httpx.Client) -> None:
     assert done["steps"][-1]["content"][0]["text"].endswith('Result of get_weather: "sunny"')
 
 
+def test_a_declared_tool_search_finds_the_function_first(http: httpx.Client) -> None:
+    tools = [{"type": "tool_search"}, *TOOLS]
+    made = create(http, input="call get_weather in Oslo", tools=tools)
+    search, found, thought, call = made["steps"]
+    assert search == {
+        "type": "tool_search_call",
+        "id": "search_1",
+        "arguments": {"function_names": ["get_weather"]},
+        "signature": search["signature"],
+    }
+    assert found == {
+        "type": "tool_search_result",
+        "call_id": "search_1",
+        "result": [TOOLS[0]],
+        "signature": found["signature"],
+    }
+    assert (thought["type"], call["type"], made["status"]) == (
+        "thought",
+        "function_call",
+        "requires_action",
+    )
+    result = {"type": "function_result", "call_id": call["id"], "result": "cold"}
+    chained = create(http, input=[result], previous_interaction_id=made["id"], tools=tools)
+    history = [user("call get_weather in Oslo"), *made["steps"], result]
+    replayed = create(http, input=history, tools=tools, store=False)
+    assert answer(chained) == answer(replayed)
+    # client-side tool search is not emulated: no search steps
+    client_side = [{"type": "tool_search", "execution": "client"}, *TOOLS]
+    plain = create(http, input="call get_weather in Oslo", tools=client_side)
+    assert [s["type"] for s in plain["steps"]] == ["thought", "function_call"]
+    events = stream(http, input="call get_weather in Oslo", tools=tools)
+    deltas = [e["delta"] for e in events if e["event_type"] == "step.delta"]
+    assert deltas[0] == {
+        "type": "tool_search_call",
+        "arguments": {"function_names": ["get_weather"]},
+        "signature": search["signature"],
+    }
+    assert deltas[1] == {
+        "type": "tool_search_result",
+        "result": [TOOLS[0]],
+        "signature": found["signature"],
+    }
+    starts = [e["step"] for e in events if e["event_type"] == "step.start"]
+    assert starts[:2] == [
+        {"type": "tool_search_call", "id": "search_1", "arguments": {}},
+        {"type": "tool_search_result", "call_id": "search_1"},
+    ]
+
+
 @pytest.mark.parametrize(
     "mutate",
     [
@@ -556,7 +605,13 @@ def test_stream_framing_and_event_order(http: httpx.Client) -> None:
     assert kinds[0] == "interaction.created" and kinds[-1] == "interaction.completed"
     assert [e["event_id"] for e in events] == [str(i) for i in range(len(events))]
     assert events[0]["interaction"]["status"] == "in_progress"
-    body = [e for e in events[1:-1]]
+    update = events[1]
+    assert update["event_type"] == "interaction.status_update"
+    assert (update["interaction_id"], update["status"]) == (
+        events[0]["interaction"]["id"],
+        "in_progress",
+    )
+    body = [e for e in events[2:-1]]
     starts = [e["index"] for e in body if e["event_type"] == "step.start"]
     assert starts == [0, 1]
     # each step is start, deltas, stop, in order
@@ -630,9 +685,10 @@ def test_cut_stream_drops_the_connection(emulator: Emulator, http: httpx.Client)
 
 
 def test_fail_stream_sends_an_error_event(emulator: Emulator, http: httpx.Client) -> None:
-    emulator.fail_stream(after_events=2, code="resource_exhausted", message="boom")
+    emulator.fail_stream(after_events=3, code="resource_exhausted", message="boom")
     events = stream(http, input="hi")
-    assert [e["event_type"] for e in events] == ["interaction.created", "step.start", "error"]
+    kinds = [e["event_type"] for e in events]
+    assert kinds == ["interaction.created", "interaction.status_update", "step.start", "error"]
     assert events[-1]["error"] == {"code": "resource_exhausted", "message": "boom"}
 
 

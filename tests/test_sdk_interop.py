@@ -124,6 +124,34 @@ def test_function_calling_round_trip(client: Any) -> None:
     assert answered.output_text.endswith('Result of get_weather: {"temp_c":21}')
 
 
+def test_tool_search_steps_are_typed_by_the_sdk(client: Any) -> None:
+    tools = [{"type": "tool_search"}, *TOOLS]
+    asked = client.interactions.create(model=MODEL, input="call get_weather in Oslo", tools=tools)
+    kinds = [type(step).__name__ for step in asked.steps]
+    assert kinds == [
+        "ToolSearchCallStep",
+        "ToolSearchResultStep",
+        "ThoughtStep",
+        "FunctionCallStep",
+    ]
+    assert asked.steps[0].arguments.function_names == ["get_weather"]
+    assert asked.steps[1].result[0].name == "get_weather"
+    events = list(
+        client.interactions.create(
+            model=MODEL, input="call get_weather in Oslo", tools=tools, stream=True
+        )
+    )
+    deltas = [type(e.delta).__name__ for e in events if e.event_type == "step.delta"]
+    assert deltas[:2] == ["ToolSearchCallDelta", "ToolSearchResultDelta"]
+    replay = [
+        {"type": "user_input", "content": [{"type": "text", "text": "call get_weather in Oslo"}]},
+        *dump(asked.steps),
+        {"type": "function_result", "call_id": asked.steps[-1].id, "result": "cold"},
+    ]
+    done = client.interactions.create(model=MODEL, input=replay, tools=tools, store=False)
+    assert done.output_text.endswith('Result of get_weather: "cold"')
+
+
 def test_replayed_call_with_a_forged_signature_is_a_bad_request(client: Any) -> None:
     asked = client.interactions.create(
         model=MODEL, input="call get_weather in Oslo", tools=TOOLS, store=False
@@ -225,3 +253,146 @@ def test_path_prefix_version_and_revision_header(emulator: Emulator) -> None:
     assert create_request.path == "/proxy/v1beta/interactions"
     assert create_request.headers["api-revision"] == "2026-05-20"
     assert get_request.path == f"/proxy/v1beta/interactions/{made.id}"
+
+
+# ----------------------------------------------------------------------------- durable turns
+
+LONG = "think, then tell a long story"
+
+
+def stream_text(events: list[Any]) -> str:
+    return "".join(
+        event.delta.text
+        for event in events
+        if event.event_type == "step.delta" and event.delta.type == "text"
+    )
+
+
+def hop_posts(emulator: Emulator) -> list[dict[str, Any]]:
+    return [r.body for r in emulator.requests if r.method == "POST"]
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_automatic_continuation_unary(emulator: Emulator, client: Any, store: bool) -> None:
+    whole = client.interactions.create(model=MODEL, input=LONG, store=False)
+    emulator.reset()
+    emulator.decode_limit(50)
+    merged = client.interactions.create(model=MODEL, input=LONG, store=store)
+    assert merged.status == "completed"
+    assert merged.output_text == whole.output_text
+    assert dump(merged.steps)[0] == dump(whole.steps)[0]  # the thought, once
+    posts = hop_posts(emulator)
+    assert len(posts) == len(merged.continuation_ids) == 7  # 314 words, 50 a hop
+    assert merged.id == merged.continuation_ids[-1]
+    assert merged.usage.total_output_tokens == whole.usage.total_output_tokens
+    assert posts[0] == {"model": MODEL, "input": LONG, "store": store}
+    for after in posts[1:]:
+        assert after["continuation_token"].startswith("ct_")
+        if store:
+            assert "input" not in after and after["previous_interaction_id"]
+        else:
+            assert after["input"] == LONG and after["store"] is False
+    if store:
+        final = client.interactions.get(merged.id)
+        assert final.status == "completed"
+        assert final.previous_interaction_id == merged.continuation_ids[-2]
+        chained = client.interactions.create(
+            model=MODEL, input="and then?", previous_interaction_id=merged.id
+        )
+        assert parse_answer(chained.output_text)[0] == 2
+    else:
+        with pytest.raises(sdk_errors.NotFoundError):
+            client.interactions.get(merged.id)
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_automatic_continuation_streaming(emulator: Emulator, client: Any, store: bool) -> None:
+    whole = client.interactions.create(model=MODEL, input=LONG, store=False)
+    emulator.reset()
+    emulator.decode_limit(80)
+    events = list(client.interactions.create(model=MODEL, input=LONG, store=store, stream=True))
+    assert stream_text(events) == whole.output_text
+    assert events[-1].event_type == "interaction.completed"
+    assert events[-1].interaction.status == "completed"
+    hops = [e.interaction.id for e in events if e.event_type == "interaction.created"]
+    assert len(hops) == len(hop_posts(emulator)) == 4
+    tokens = [
+        e for e in events if e.event_type == "interaction.status_update" and e.continuation_token
+    ]
+    assert [t.status for t in tokens] == ["requires_continuation"] * 3
+
+
+def test_sdk_resumes_a_stream_cut_after_a_checkpoint(emulator: Emulator, client: Any) -> None:
+    whole = client.interactions.create(model=MODEL, input=LONG, store=False)
+    emulator.reset()
+    emulator.checkpoint_every(4)
+    emulator.cut_stream_after_checkpoint(3)
+    events = list(client.interactions.create(model=MODEL, input=LONG, stream=True))
+    assert stream_text(events) == whole.output_text  # nothing repeated, nothing lost
+    assert events[-1].interaction.status == "completed"
+    first, resumed = hop_posts(emulator)
+    assert first["input"] == LONG and "continuation_token" not in first
+    cut_id = events[0].interaction.id
+    assert resumed["previous_interaction_id"] == cut_id and "input" not in resumed
+    assert client.interactions.get(cut_id).status == "requires_continuation"
+    final = events[-1].interaction.id
+    assert client.interactions.get(final).previous_interaction_id == cut_id
+
+
+def test_sdk_gives_up_after_three_reconnects_without_progress(
+    emulator: Emulator, client: Any
+) -> None:
+    emulator.decode_limit(40)
+    # stream faults apply in the order given: the first hop drops right after its final
+    # requires_continuation token; every later hop drops before any new token
+    emulator.cut_stream_after_checkpoint(1)
+    emulator.cut_stream(after_events=2, times=10)
+    with pytest.raises(genai.errors.ContinuationInterruptedError) as caught:
+        list(client.interactions.create(model=MODEL, input=LONG, stream=True))
+    posts = hop_posts(emulator)
+    assert len(posts) == 1 + 4  # the first hop, then the token tried 1 + 3 times
+    assert {p["continuation_token"] for p in posts[1:]} == {caught.value.continuation_token}
+
+
+@pytest.mark.parametrize("status", ["failed", "incomplete", "budget_exceeded", "idle"])
+def test_sdk_parses_every_status(emulator: Emulator, client: Any, status: str) -> None:
+    emulator.next_status(status, errors=[{"code": "internal", "message": "boom"}])
+    answered = client.interactions.create(model=MODEL, input="tell a long story")
+    assert answered.status == status
+    if status == "idle":  # not finished: errors belong to final statuses
+        assert answered.errors is None
+    else:
+        assert answered.errors[0].message == "boom"
+    emulator.next_status(status)
+    events = list(client.interactions.create(model=MODEL, input="hi", stream=True))
+    statuses = [e.status for e in events if e.event_type == "interaction.status_update"]
+    assert statuses[0] in ("in_progress", status)
+    if status != "idle":
+        assert statuses[-1] == events[-1].interaction.status == status
+
+
+def test_sdk_background_poll_and_cancel(emulator: Emulator, client: Any) -> None:
+    emulator.background_seconds = 0.05
+    emulator.decode_limit(10)  # the service continues background work itself
+    started = client.interactions.create(model=MODEL, input="tell a long story", background=True)
+    assert started.status == "in_progress"
+    polled = started
+    for _ in range(500):
+        polled = client.interactions.get(started.id)
+        if polled.status != "in_progress":
+            break
+    assert polled.status == "completed"
+    assert len(polled.output_text.split()) == 312
+    streamed = list(client.interactions.get(started.id, stream=True))
+    assert stream_text(streamed) == polled.output_text
+    emulator.background_seconds = 60
+    slow = client.interactions.create(model=MODEL, input="slow", background=True)
+    live = client.interactions.get(slow.id, stream=True)
+    assert next(iter(live)).event_type == "interaction.created"
+    cancelled = client.interactions.cancel(slow.id)
+    assert cancelled.status == "cancelled"
+    assert [e.event_type for e in live][-1] == "interaction.completed"
+    live.close()
+    with pytest.raises(sdk_errors.BadRequestError) as caught:
+        client.interactions.cancel(slow.id)
+    assert caught.value.body["error"]["code"] == "failed_precondition"

@@ -1,23 +1,22 @@
-"""The ASGI app: routes, validation, unary and SSE responses, faults.
+"""The ASGI app: routes, get / delete / cancel, API key check, injected faults.
 
 Routes (any version segment, any path prefix before it; unknown query params ignored):
 ``POST /{ver}/interactions``, ``GET|DELETE /{ver}/interactions/{id}``,
 ``POST /{ver}/interactions/{id}/cancel``.
 
-``cancel`` on a background interaction still running answers it with status ``cancelled``;
-on any other interaction it answers ``400 failed_precondition``. A background create that also
+``cancel`` on an interaction still running (``background``, or left ``in_progress`` /
+``queued`` / ``idle`` by ``Emulator.next_status``) answers it with status ``cancelled``; on
+one that has finished it answers ``400 failed_precondition``. A background create that also
 asks for ``stream`` answers the ``in_progress`` interaction as JSON (stream it with
-``GET ?stream=true``).
+``GET ?stream=true``, which sends its events live until it finishes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,54 +25,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._model import InputError, generate, normalize_input, validate_context
-from ._responses import EventStream, build_events, interaction_body
-from ._state import (
-    EmulatorSettings,
-    EmulatorState,
-    RecordedRequest,
-    StoredInteraction,
-    new_interaction_id,
-)
+from ._create import Reject, create
+from ._lifecycle import cancel
+from ._responses import EventStream, interaction_body
+from ._state import EmulatorState, RecordedRequest
 
 __all__ = ["create_app"]
 
 _ROUTE = re.compile(r"^(?:/.*)?/[^/]+/interactions(?:/(?P<id>[^/]+)(?P<cancel>/cancel)?)?/?$")
-_CREATE_FIELDS = frozenset(
-    {
-        "model",
-        "agent",
-        "input",
-        "system_instruction",
-        "generation_config",
-        "tools",
-        "previous_interaction_id",
-        "store",
-        "stream",
-        "background",
-        "response_format",
-        "response_mime_type",
-        "response_modalities",
-        "safety_settings",
-        "service_tier",
-        "continuation_token",
-        "labels",
-        "webhook_config",
-        "environment",
-        "cached_content",
-        "agent_config",
-    }
-)
-# Interaction-scoped: kept on the stored interaction, never inherited through a chain.
-_CONFIG_FIELDS = _CREATE_FIELDS - {
-    "model",
-    "agent",
-    "input",
-    "previous_interaction_id",
-    "store",
-    "stream",
-    "background",
-}
 _STATUS_CODES = {
     400: "invalid_request",
     401: "authentication",
@@ -85,13 +44,6 @@ _STATUS_CODES = {
     503: "unavailable",
     504: "deadline_exceeded",
 }
-_BACKGROUND_TASKS: set[asyncio.Task[None]] = set()
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class _DroppedResponseFilter(logging.Filter):
@@ -117,148 +69,26 @@ def _error(
     )
 
 
-def _check_create_body(body: Any, settings: EmulatorSettings) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise _Reject(400, "invalid_request", "request body must be a JSON object")
-    unknown = sorted(set(body) - _CREATE_FIELDS)
-    if unknown and settings.reject_unknown_fields:
-        raise _Reject(400, "parameter_unknown", f"Unknown name(s): {', '.join(unknown)}")
-    if not isinstance(body.get("model"), str) and not isinstance(body.get("agent"), str):
-        raise _Reject(400, "invalid_request", "one of 'model' or 'agent' is required")
-    if body.get("model") is not None and body.get("agent") is not None:
-        raise _Reject(400, "invalid_request", "'model' and 'agent' cannot both be set")
-    for key in ("store", "stream", "background"):
-        if key in body and not isinstance(body[key], bool):
-            raise _Reject(400, "invalid_request", f"'{key}' must be a boolean")
-    for key in ("previous_interaction_id", "system_instruction"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise _Reject(400, "invalid_request", f"'{key}' must be a string")
-    if "tools" in body and not isinstance(body["tools"], list):
-        raise _Reject(400, "invalid_request", "'tools' must be a list")
-    if body.get("background") and body.get("store") is False:
-        raise _Reject(400, "invalid_request", "'background' requires 'store' (store=false given)")
-    return body
-
-
-def _resolve_chain(state: EmulatorState, previous: str | None) -> list[dict[str, Any]]:
-    chain: list[list[dict[str, Any]]] = []
-    seen: set[str] = set()
-    current = previous
-    while current and current not in seen:
-        seen.add(current)
-        rec = state.live(current)
-        if rec is None:
-            raise _Reject(404, "not_found", f"Interaction {current} not found")
-        chain.append([*rec.input_steps, *rec.output_steps])
-        current = rec.previous_interaction_id
-    return copy.deepcopy([step for turn in reversed(chain) for step in turn])
-
-
-async def _complete_later(state: EmulatorState, rec: StoredInteraction, result: Any) -> None:
-    await asyncio.sleep(state.settings.background_seconds)
-    with state.lock:
-        if rec.status == "in_progress":
-            rec.output_steps, rec.status, rec.usage = result.steps, result.status, result.usage
-            rec.updated = time.time()
-            rec.events = build_events(rec)
-
-
-async def _create(state: EmulatorState, raw: Any) -> Response:
-    with state.lock:
-        settings = copy.copy(state.settings)
-    body = _check_create_body(raw, settings)
-    try:
-        steps = normalize_input(body.get("input"))
-    except InputError as exc:
-        raise _Reject(400, "invalid_request", str(exc)) from exc
-    with state.lock:
-        chain = _resolve_chain(state, body.get("previous_interaction_id"))
-    try:
-        validate_context(chain, steps)
-    except InputError as exc:
-        raise _Reject(400, "invalid_request", str(exc)) from exc
-    result = generate(
-        chain,
-        steps,
-        system_instruction=body.get("system_instruction"),
-        tools=body.get("tools"),
-        response_format=body.get("response_format"),
-    )
-    now = time.time()
-    rec = StoredInteraction(
-        id=new_interaction_id(),
-        model=body.get("model"),
-        agent=body.get("agent"),
-        created=now,
-        updated=now,
-        status=result.status,
-        raw_input=copy.deepcopy(body.get("input")),
-        input_steps=copy.deepcopy(steps),
-        output_steps=result.steps,
-        config={k: copy.deepcopy(v) for k, v in body.items() if k in _CONFIG_FIELDS},
-        previous_interaction_id=body.get("previous_interaction_id"),
-        usage=result.usage,
-        background=bool(body.get("background")),
-    )
-    if rec.background:
-        rec.status, rec.output_steps, rec.usage = "in_progress", [], {}
-        task = asyncio.get_running_loop().create_task(_complete_later(state, rec, result))
-        _BACKGROUND_TASKS.add(task)
-        task.add_done_callback(_BACKGROUND_TASKS.discard)
-    else:
-        rec.events = build_events(rec)
-    with state.lock:
-        if body.get("store", True):
-            state.interactions[rec.id] = rec
-        streams = bool(body.get("stream")) and not rec.background
-        stream_fault = state.take_stream_fault() if streams else None
-        response_steps = copy.deepcopy(rec.output_steps)
-        if settings.echo_user_input:
-            response_steps = [s for s in rec.input_steps if s.get("type") == "user_input"] + (
-                response_steps
-            )
-        payload = interaction_body(rec, response_steps)
-    if streams:
-        return EventStream(rec.events, stream_fault)
-    return JSONResponse(payload)
-
-
-async def _wait_finished(state: EmulatorState, interaction_id: str) -> StoredInteraction:
-    while True:
-        with state.lock:
-            rec = state.live(interaction_id)
-            if rec is None:
-                raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
-            if rec.status != "in_progress":
-                return rec
-        await asyncio.sleep(0.01)
-
-
 async def _get(state: EmulatorState, interaction_id: str, query: dict[str, str]) -> Response:
-    if query.get("stream", "").lower() == "true":
-        rec = await _wait_finished(state, interaction_id)
-        after = query.get("last_event_id")
-        with state.lock:
-            events = copy.deepcopy(rec.events)
-            fault = state.take_stream_fault()
-        if after is not None:
-            if not after.lstrip("-").isdigit():
-                raise _Reject(400, "invalid_request", "last_event_id must be an event id")
-            events = [e for e in events if int(e["event_id"]) > int(after)]
-        return EventStream(events, fault)
     with state.lock:
         found = state.live(interaction_id)
         if found is None:
-            raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
-        include = query.get("include_input", "").lower() == "true"
-        steps = [*found.input_steps, *found.output_steps]
-        return JSONResponse(interaction_body(found, steps, include_input=include))
+            raise Reject(404, "not_found", f"Interaction {interaction_id} not found")
+        if query.get("stream", "").lower() != "true":
+            include = query.get("include_input", "").lower() == "true"
+            steps = [*found.input_steps, *found.output_steps]
+            return JSONResponse(interaction_body(found, steps, include_input=include))
+        after = query.get("last_event_id")
+        if after is not None and not after.lstrip("-").isdigit():
+            raise Reject(400, "invalid_request", "last_event_id must be an event id")
+        fault = state.take_stream_fault()
+    return EventStream(state, found, fault, after=int(after) if after is not None else -1)
 
 
 def _delete(state: EmulatorState, interaction_id: str) -> Response:
     with state.lock:
         if state.live(interaction_id) is None:
-            raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
+            raise Reject(404, "not_found", f"Interaction {interaction_id} not found")
         del state.interactions[interaction_id]
     return JSONResponse({})
 
@@ -267,15 +97,15 @@ def _cancel(state: EmulatorState, interaction_id: str) -> Response:
     with state.lock:
         rec = state.live(interaction_id)
         if rec is None:
-            raise _Reject(404, "not_found", f"Interaction {interaction_id} not found")
-        if not (rec.background and rec.status == "in_progress"):
-            raise _Reject(
+            raise Reject(404, "not_found", f"Interaction {interaction_id} not found")
+        if rec.finished:
+            raise Reject(
                 400,
                 "failed_precondition",
-                f"Interaction {interaction_id} is not a running background interaction",
+                f"Interaction {interaction_id} is not running (status {rec.status}); "
+                "only a running interaction can be cancelled",
             )
-        rec.status, rec.updated = "cancelled", time.time()
-        rec.events = build_events(rec)
+        cancel(state, rec)
         return JSONResponse(interaction_body(rec, []))
 
 
@@ -291,12 +121,12 @@ def _has_key(request: Request) -> bool:
 async def _dispatch(state: EmulatorState, request: Request, body: Any) -> Response:
     match = _ROUTE.match(request.scope["path"])
     if match is None:
-        raise _Reject(404, "not_found", f"No route for {request.scope['path']}")
+        raise Reject(404, "not_found", f"No route for {request.scope['path']}")
     method, interaction_id = request.method, match.group("id")
     query = dict(request.query_params)
     if interaction_id is None:
         if method == "POST":
-            return await _create(state, body)
+            return await create(state, body)
     elif match.group("cancel"):
         if method == "POST":
             return _cancel(state, interaction_id)
@@ -304,7 +134,7 @@ async def _dispatch(state: EmulatorState, request: Request, body: Any) -> Respon
         return await _get(state, interaction_id, query)
     elif method == "DELETE":
         return _delete(state, interaction_id)
-    raise _Reject(405, "invalid_request", f"{method} is not allowed on {request.scope['path']}")
+    raise Reject(405, "invalid_request", f"{method} is not allowed on {request.scope['path']}")
 
 
 def _handler(state: EmulatorState) -> Callable[[Request], Awaitable[Response]]:
@@ -342,9 +172,9 @@ def _handler(state: EmulatorState) -> Callable[[Request], Awaitable[Response]]:
             return _error(401, "authentication", "API key missing: send x-goog-api-key")
         try:
             if bad_json:
-                raise _Reject(400, "invalid_request", "request body is not valid JSON")
+                raise Reject(400, "invalid_request", "request body is not valid JSON")
             return await _dispatch(state, request, body)
-        except _Reject as exc:
+        except Reject as exc:
             return _error(exc.status, exc.code, exc.message)
 
     return handle

@@ -25,6 +25,10 @@ Triggers (case-insensitive, in the latest user text)
   ``thought`` then a ``function_call`` (id ``call_<k>``, arguments built from the declared
   parameters: strings take the words after ``for``/``in``, else ``"x"``; numbers ``1``;
   booleans ``true``), status ``requires_action`` and no text.
+- with a ``{"type": "tool_search"}`` tool also declared, that function is first found by a
+  server-side tool search: a ``tool_search_call`` (id ``search_<k>``, ``arguments:
+  {"function_names": [<name>]}``) and its ``tool_search_result`` (the declaration) precede the
+  signed thought.
 - a ``function_result`` as the last input step: the answer ends with
   `` Result of {name}: {result as JSON}``.
 - ``long`` or ``story``: about 300 more words follow the main text after a blank line.
@@ -52,6 +56,7 @@ __all__ = [
     "Generation",
     "InputError",
     "canonical_json",
+    "count_words",
     "generate",
     "normalize_input",
     "parse_answer",
@@ -228,8 +233,12 @@ def _strings(value: Any) -> list[str]:
     return found
 
 
-def _words(value: Any) -> int:
+def count_words(value: Any) -> int:
+    """Words in every string of a JSON value (ids, types and signatures excluded): "tokens"."""
     return sum(len(s.split()) for s in _strings(value))
+
+
+_words = count_words
 
 
 def _user_text(step: dict[str, Any]) -> str:
@@ -278,6 +287,26 @@ def _function_call(tool: dict[str, Any], text: str, call_number: int) -> dict[st
     }
 
 
+def _searches_tools(tools: Any) -> bool:
+    return any(
+        isinstance(t, dict) and t.get("type") == "tool_search" and t.get("execution") != "client"
+        for t in (tools if isinstance(tools, list) else [])
+    )
+
+
+def _tool_search(tool: dict[str, Any], number: int) -> list[dict[str, Any]]:
+    call_id = f"search_{number}"
+    call = {
+        "type": "tool_search_call",
+        "id": call_id,
+        "arguments": {"function_names": [tool["name"]]},
+    }
+    result = {"type": "tool_search_result", "call_id": call_id, "result": [tool]}
+    call["signature"] = sign_calls([call])
+    result["signature"] = sign_calls([result])
+    return [call, result]
+
+
 def _thought(latest: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
     summary = f"Considering: {' '.join(latest.split()[:8])}"
     return {
@@ -319,6 +348,8 @@ def generate(
     if tool is not None:
         calls_so_far = sum(1 for s in context if s.get("type") == "function_call")
         call = _function_call(tool, latest, calls_so_far + 1)
+        if _searches_tools(tools):
+            out += _tool_search(tool, calls_so_far + 1)
         out += [_thought(latest, [call]), call]
         status = "requires_action"
     else:

@@ -14,6 +14,7 @@ import uvicorn
 
 from .._exceptions import ConfigurationError, ValidationError
 from ._app import create_app, default_code
+from ._controls import TurnControls
 from ._state import (
     DEFAULT_RETENTION,
     EmulatorSettings,
@@ -85,11 +86,18 @@ class _InteractionsView(Mapping[str, dict[str, Any]]):
             return isinstance(key, str) and self._state.live(key) is not None
 
 
-class Emulator:
+class Emulator(TurnControls):
     """A local Interactions API server on loopback, for demos and tests.
 
     Usable as a context manager or with :meth:`start` / :meth:`close`. The server runs in its
     own thread with its own event loop; ``url`` is valid once :meth:`start` returns.
+
+    Test controls (each lasts until :meth:`reset`): faults (:meth:`fail`, :meth:`delay`,
+    :meth:`cut_stream`, :meth:`fail_stream`, :meth:`cut_stream_after_checkpoint`,
+    :meth:`expire`), long answers (:meth:`decode_limit`, :meth:`checkpoint_every`), statuses
+    (:meth:`next_status`, :attr:`background_seconds`) and webhooks (:attr:`webhook_secret`,
+    :attr:`webhook_uris`, :attr:`webhook_attempts`, :attr:`webhook_deliveries`,
+    :meth:`wait_for_webhooks`).
 
     Args:
         host: interface to bind (keep it on loopback).
@@ -236,7 +244,8 @@ class Emulator:
 
     @property
     def background_seconds(self) -> float:
-        """How long a ``background`` interaction stays ``in_progress`` (until reset)."""
+        """Seconds a running interaction takes to finish (until reset): a ``background`` one,
+        or one :meth:`next_status` left ``in_progress`` / ``queued`` / ``idle``."""
         return self._state.settings.background_seconds
 
     @background_seconds.setter
@@ -324,7 +333,9 @@ class Emulator:
                     rec.expired = True
 
     def reset(self) -> None:
-        """Clear faults, delays, settings changes and the request log; keep interactions."""
+        """Clear faults, delays, settings changes (decode limits, checkpoints, webhook
+        settings), imposed statuses, the request log and the webhook log; keep interactions
+        and continuation tokens."""
         self._state.reset()
 
     # ------------------------------------------------------------------ inspection

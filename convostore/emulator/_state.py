@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import secrets
 import threading
 import time
@@ -15,18 +16,36 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "FINAL_STATUSES",
+    "UNFINISHED_STATUSES",
     "EmulatorSettings",
     "EmulatorState",
     "Fault",
     "RecordedRequest",
+    "StatusFault",
     "StoredInteraction",
     "StreamFault",
+    "WebhookDelivery",
     "isoformat",
     "new_interaction_id",
 ]
 
 DEFAULT_RETENTION = timedelta(days=55)
 DEFAULT_BACKGROUND_SECONDS = 0.05
+DEFAULT_WEBHOOK_ATTEMPTS = 3
+# An interaction in one of these is still running: no usage yet, GET ?stream=true waits.
+UNFINISHED_STATUSES = frozenset({"in_progress", "queued", "idle"})
+FINAL_STATUSES = frozenset(
+    {
+        "completed",
+        "requires_action",
+        "requires_continuation",
+        "failed",
+        "cancelled",
+        "incomplete",
+        "budget_exceeded",
+    }
+)
 
 
 def new_interaction_id() -> str:
@@ -71,6 +90,33 @@ class StreamFault:
     times: int
     code: str | None = None
     message: str = ""
+    after_checkpoint: int | None = None
+
+
+@dataclass
+class StatusFault:
+    """The next ``times`` creates end with ``status`` (and ``errors``) instead of their own."""
+
+    status: str
+    times: int
+    errors: list[dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One attempt to deliver a webhook event (``status`` None: the connection failed)."""
+
+    uri: str
+    webhook_id: str
+    attempt: int
+    headers: dict[str, str]
+    body: bytes
+    status: int | None
+    error: str | None = None
+
+    def json(self) -> Any:
+        """The event, parsed from the raw body."""
+        return json.loads(self.body)
 
 
 @dataclass
@@ -92,6 +138,16 @@ class StoredInteraction:
     events: list[dict[str, Any]] = field(default_factory=list)
     background: bool = False
     expired: bool = False
+    continuation_token: str | None = None
+    errors: list[dict[str, str]] | None = None
+    webhook_config: dict[str, Any] | None = None
+    # The slice of a decode plan this hop produced (see ``_decode``); None before it finished.
+    hop: Any = None
+
+    @property
+    def finished(self) -> bool:
+        """False while the status is ``in_progress``, ``queued`` or ``idle``."""
+        return self.status not in UNFINISHED_STATUSES
 
     def as_dict(self) -> dict[str, Any]:
         """A deep copy as a plain dict (what ``Emulator.interactions`` shows)."""
@@ -111,6 +167,8 @@ class StoredInteraction:
                 "previous_interaction_id": self.previous_interaction_id,
                 "usage": self.usage,
                 "background": self.background,
+                "continuation_token": self.continuation_token,
+                "errors": self.errors,
             }
         )
 
@@ -124,6 +182,22 @@ class EmulatorSettings:
     echo_user_input: bool = False
     reject_unknown_fields: bool = True
     background_seconds: float = DEFAULT_BACKGROUND_SECONDS
+    # model (None: every model) -> most answer words one create may produce
+    decode_limits: dict[str | None, int] = field(default_factory=dict)
+    checkpoint_every: int | None = None
+    webhook_secret: str | None = None
+    webhook_uris: list[str] = field(default_factory=list)
+    webhook_attempts: int = DEFAULT_WEBHOOK_ATTEMPTS
+
+    def decode_limit(self, model: str | None) -> int | None:
+        """The decode limit (in answer words) for ``model``, if any."""
+        if model in self.decode_limits:
+            return self.decode_limits[model]
+        return self.decode_limits.get(None)
+
+    def copy(self) -> EmulatorSettings:
+        """A copy whose mutable fields are not shared."""
+        return copy.deepcopy(self)
 
 
 class EmulatorState:
@@ -131,21 +205,28 @@ class EmulatorState:
 
     def __init__(self, settings: EmulatorSettings | None = None) -> None:
         self.lock = threading.Lock()
-        self.initial = copy.copy(settings or EmulatorSettings())
-        self.settings = copy.copy(self.initial)
+        self.initial = (settings or EmulatorSettings()).copy()
+        self.settings = self.initial.copy()
         self.interactions: dict[str, StoredInteraction] = {}
         self.faults: list[Fault] = []
         self.stream_faults: list[StreamFault] = []
         self.delay_seconds = 0.0
         self.delay_times: int | None = None
         self.requests: list[RecordedRequest] = []
+        self.status_faults: list[StatusFault] = []
+        self.tokens: dict[str, Any] = {}  # continuation_token -> _decode.ContinuationPoint
+        self.webhook_deliveries: list[WebhookDelivery] = []
 
     def reset(self) -> None:
-        """Clear faults, delays and the request log; restore settings. Keep interactions."""
+        """Clear faults, delays, the request and webhook logs; restore settings.
+
+        Keep interactions and continuation tokens."""
         with self.lock:
-            self.settings = copy.copy(self.initial)
+            self.settings = self.initial.copy()
             self.faults.clear()
             self.stream_faults.clear()
+            self.status_faults.clear()
+            self.webhook_deliveries.clear()
             self.delay_seconds = 0.0
             self.delay_times = None
             self.requests.clear()
@@ -180,6 +261,16 @@ class EmulatorState:
             if self.delay_times <= 0:
                 self.delay_seconds, self.delay_times = 0.0, None
         return seconds
+
+    def take_status_fault(self) -> StatusFault | None:
+        """Consume one use of the pending status fault, if any (caller holds the lock)."""
+        if not self.status_faults:
+            return None
+        fault = self.status_faults[0]
+        fault.times -= 1
+        if fault.times <= 0:
+            self.status_faults.pop(0)
+        return copy.deepcopy(fault)
 
     def take_stream_fault(self) -> StreamFault | None:
         """Consume one use of the pending stream fault, if any (caller holds the lock)."""
