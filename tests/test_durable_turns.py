@@ -177,24 +177,6 @@ def test_bad_turn_options_are_refused_before_anything_is_written(
 # ------------------------------------------------------------------ statuses
 
 
-def test_failed_answer_raises_and_commits_nothing(
-    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
-) -> None:
-    if not hasattr(emulator, "next_status"):
-        pytest.skip("the emulator cannot answer failed on demand")
-    conv = convos.create(tenant=tenant, mode="server")
-    first = conv.send("hello")
-    emulator.next_status("failed", errors=[{"code": "internal", "message": "boom"}])
-    with pytest.raises(cs.InteractionFailed) as info:
-        conv.send("again")
-    assert info.value.status == "failed"
-    assert info.value.errors == [{"code": "internal", "message": "boom"}]
-    record = conv.refresh()
-    assert record.turn_count == 1 and record.head_interaction_id == first.interaction_id
-    assert store.get_pending(conv.id, tenant=tenant) is None
-    assert conv.send("third").seq == 2
-
-
 # ------------------------------------------------------------------ background turns
 
 
@@ -478,3 +460,194 @@ def test_async_background_and_recover(tenant: str, store_url: str, emulator: Emu
             assert (await convos.recover(tenant=tenant)).adopted == []
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ long and unfinished answers
+
+
+def full_answer(convos: cs.Conversations, tenant: str, text: str, mode: str) -> str:
+    """The answer a model without a decode limit gives to ``text`` as a first turn."""
+    return convos.create(tenant=tenant, mode=mode).send(text).text
+
+
+@pytest.mark.parametrize("mode", ["server", "stateless"])
+@pytest.mark.parametrize("how", ["send", "stream"])
+def test_a_continued_answer_is_one_turn(
+    tenant: str, convos: cs.Conversations, emulator: Emulator, mode: str, how: str
+) -> None:
+    text = "tell me a story about the sea"
+    whole = full_answer(convos, tenant, text, mode)
+    words = len(whole.split())
+    emulator.decode_limit(words // 3 + 1)
+    conv = convos.create(tenant=tenant, mode=mode)
+    before = len(creates(emulator))
+    if how == "send":
+        turn = conv.send(text)
+    else:
+        with conv.stream(text) as events:
+            streamed = "".join(events.text_deltas())
+        assert events.turn is not None
+        turn = events.turn
+        assert streamed == whole
+    hops = creates(emulator)[before:]
+    assert len(hops) == 3
+    assert [("continuation_token" in b) for b in hops] == [False, True, True]
+    assert turn.text == whole and turn.status == "completed"
+    assert len(conv.turns()) == 1
+    if mode == "server":
+        assert "input" not in hops[1] and hops[1]["previous_interaction_id"]
+        assert turn.interaction_id == conv.refresh().head_interaction_id
+    else:
+        assert hops[1]["input"] == hops[0]["input"]
+    # the next turn builds on the whole answer
+    assert parse_answer(conv.send("and then?").text)[0] == 2
+
+
+def test_auto_continue_off_keeps_the_partial_answer(
+    tenant: str, convos: cs.Conversations, emulator: Emulator
+) -> None:
+    emulator.decode_limit(4)
+    conv = convos.create(tenant=tenant, mode="server")
+    turn = conv.send("a long question with many words in it", auto_continue=False)
+    assert turn.status == "requires_continuation"
+    assert len(creates(emulator)) == 1
+
+
+def test_async_continued_answer(tenant: str, store_url: str, emulator: Emulator) -> None:
+    if store_url == "memory://":
+        pytest.skip("one async check is enough")
+
+    async def main() -> tuple[str, str]:
+        async with (
+            cs.AsyncInteractionsClient(api_key=KEY, base_url=emulator.url) as client,
+            cs.AsyncConversations(store_url, client) as convos,
+        ):
+            whole = (await (await convos.create(tenant=tenant)).send("tell me a story")).text
+            emulator.decode_limit(len(whole.split()) // 3 + 1)
+            conv = await convos.create(tenant=tenant)
+            async with conv.stream("tell me a story") as events:
+                streamed = "".join([t async for t in events.text_deltas()])
+            assert events.turn is not None and events.turn.text == whole
+            return whole, streamed
+
+    whole, streamed = asyncio.run(main())
+    assert streamed == whole
+
+
+def test_a_stream_cut_after_a_checkpoint_is_resumed(
+    tenant: str, convos: cs.Conversations, emulator: Emulator
+) -> None:
+    text = "tell me a story about mountains"
+    whole = full_answer(convos, tenant, text, "server")
+    emulator.checkpoint_every(2)
+    emulator.cut_stream_after_checkpoint(1)
+    conv = convos.create(tenant=tenant, mode="server")
+    with conv.stream(text) as events:
+        streamed = "".join(events.text_deltas())
+    assert events.turn is not None
+    assert streamed == whole and events.turn.text == whole
+    assert events.turn.status == "completed"
+
+
+def test_a_unary_send_survives_a_cut_after_a_checkpoint(
+    tenant: str, convos: cs.Conversations, emulator: Emulator
+) -> None:
+    text = "tell me a story about rivers"
+    whole = full_answer(convos, tenant, text, "server")
+    emulator.checkpoint_every(2)
+    emulator.cut_stream_after_checkpoint(1)
+    turn = convos.create(tenant=tenant, mode="server").send(text)
+    assert turn.text == whole
+
+
+@pytest.mark.parametrize("status", ["incomplete", "budget_exceeded"])
+def test_partial_answers_are_kept_with_their_status(
+    tenant: str, convos: cs.Conversations, emulator: Emulator, status: str
+) -> None:
+    conv = convos.create(tenant=tenant, mode="server")
+    emulator.next_status(status)
+    turn = conv.send("a question with a few words")
+    assert turn.status == status and turn.text
+    assert conv.refresh().head_interaction_id == turn.interaction_id
+
+
+@pytest.mark.parametrize("status", ["in_progress", "queued", "idle"])
+def test_unfinished_answers_are_polled_to_completion(
+    tenant: str, convos: cs.Conversations, emulator: Emulator, status: str
+) -> None:
+    emulator.background_seconds = 0.2
+    conv = convos.create(tenant=tenant, mode="server")
+    emulator.next_status(status)
+    turn = conv.send("are you done yet")
+    assert turn.status == "completed" and "are you done yet" in turn.text
+    assert [t.status for t in conv.turns()] == ["completed"]
+
+
+@pytest.mark.parametrize("how", ["send", "stream"])
+def test_failed_and_cancelled_answers_commit_nothing(
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator, how: str
+) -> None:
+    conv = convos.create(tenant=tenant, mode="server")
+    first = conv.send("hello")
+    for status in ("failed", "cancelled"):
+        emulator.next_status(status)
+        with pytest.raises(cs.InteractionFailed) as info:
+            if how == "send":
+                conv.send("again")
+            else:
+                with conv.stream("again") as events:
+                    for _ in events:
+                        pass
+        assert info.value.status == status
+        assert conv.refresh().head_interaction_id == first.interaction_id
+        assert store.get_pending(conv.id, tenant=tenant) is None
+        assert info.value.interaction_id not in emulator.interactions  # not left on the server
+    assert [t.seq for t in conv.turns()] == [1]
+
+
+def test_webhook_delivered_by_the_api_commits_the_turn(
+    tenant: str, store: cs.Store, emulator: Emulator
+) -> None:
+    """The emulator delivers a signed webhook over HTTP to a receiver that hands it to
+    ``handle_webhook``; the turn is committed without anyone polling."""
+    import http.server
+
+    secret = "whsec_" + "dGVzdC13ZWJob29rLXNlY3JldA=="
+    received: list[Any] = []
+    with opened(store, emulator) as convos:
+
+        class Receiver(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                try:
+                    received.append(convos.handle_webhook(body, dict(self.headers)))
+                    self.send_response(204)
+                except cs.ValidationError:
+                    self.send_response(400)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            uri = f"http://127.0.0.1:{server.server_address[1]}/hook"
+            convos.webhook_uris = [uri]
+            convos.webhook_secret = secret
+            emulator.webhook_secret = secret
+            emulator.background_seconds = 0.1
+            conv = convos.create(tenant=tenant, mode="server")
+            pending = conv.send("call me back", background=True)
+            assert isinstance(pending, cs.PendingTurn)
+            emulator.wait_for_webhooks(1, timeout=10)
+            for _ in range(200):
+                if received:
+                    break
+                time.sleep(0.01)
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert received and isinstance(received[0], cs.Turn)
+        assert received[0].interaction_id == pending.interaction_id
+        assert conv.refresh().turn_count == 1
