@@ -651,3 +651,20 @@ def test_webhook_delivered_by_the_api_commits_the_turn(
         assert received and isinstance(received[0], cs.Turn)
         assert received[0].interaction_id == pending.interaction_id
         assert conv.refresh().turn_count == 1
+
+
+def test_background_turn_streamed_to_the_end(
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
+) -> None:
+    emulator.background_seconds = 0.2
+    conv = convos.create(tenant=tenant, mode="server")
+    pending = conv.send("stream it when it is ready", background=True)
+    assert isinstance(pending, cs.PendingTurn)
+    texts = [
+        e.delta.text
+        for e in pending.stream()
+        if isinstance(e, cs.models.StepDeltaEvent) and isinstance(e.delta, cs.models.TextDelta)
+    ]
+    assert "stream it when it is ready" in "".join(texts)
+    assert [t.interaction_id for t in conv.turns()] == [pending.interaction_id]
+    assert store.get_pending(conv.id, tenant=tenant) is None

@@ -26,6 +26,7 @@ TWINS = [
     ("AsyncConversations", "Conversations"),
     ("AsyncConversation", "Conversation"),
     ("AsyncTurnStream", "TurnStream"),
+    ("AsyncPendingTurn", "PendingTurn"),
     ("AsyncInteractionsClient", "InteractionsClient"),
     ("AsyncInteractionStream", "InteractionStream"),
     ("AsyncStore", "Store"),
