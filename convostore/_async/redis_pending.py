@@ -23,6 +23,7 @@ import redis.exceptions
 from .. import _redis_keys as keys
 from .._core import store_rules as rules
 from .._exceptions import (
+    ConcurrentTurnError,
     ConversationNotFound,
     LeaseLost,
     StoreError,
@@ -30,7 +31,7 @@ from .._exceptions import (
     TurnInFlight,
     ValidationError,
 )
-from ..models import ConversationRecord, OutboxItem, PendingTurnRecord
+from ..models import OutboxItem, PendingTurnRecord
 
 BATCH = 200
 
@@ -51,9 +52,6 @@ class AsyncRedisPending:
 
     _client: redis.asyncio.Redis
     _prefix: str
-
-    async def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
-        raise NotImplementedError  # the store's
 
     async def _eval(self, source: str, script_keys: list[str], args: list[Any]) -> Any:
         """``_run`` for a script given by its source (loaded by EVAL on NOSCRIPT)."""
@@ -96,8 +94,9 @@ class AsyncRedisPending:
         if status[0] == 1:
             raise TurnInFlight(cid, pending=keys.decode_pending_hash(status[1]))
         if status[0] == 2:
-            stored = await self.get_conversation(cid, tenant=tenant)
-            rules.check_begin(stored, pending)  # raises ConcurrentTurnError
+            raise ConcurrentTurnError(
+                cid, expected_version=pending.planned_version, actual_version=int(status[1])
+            )
         raise ValidationError(f"pending turn seq {pending.seq} of {cid!r} is not the next seq")
 
     async def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
@@ -172,12 +171,14 @@ class AsyncRedisPending:
                     for member in members:
                         pipe.hgetall(self._pkey(keys.member_id(member)))
                     raws: list[Any] = await pipe.execute()
-                dangling = [m for m, raw in zip(members, raws, strict=True) if raw.get(b"_m") != m]
-                for raw in raws:
-                    if raw and raw.get(b"_m") in members:
-                        found = keys.decode_pending_hash(raw)
-                        if expired_at is None or found.lease_expires_at <= expired_at:
-                            out.append(found)
+                dangling = []
+                for member, raw in zip(members, raws, strict=True):
+                    if raw.get(b"_m") != member:  # gone, or a later turn's under this id
+                        dangling.append(member)
+                        continue
+                    found = keys.decode_pending_hash(raw)
+                    if expired_at is None or found.lease_expires_at <= expired_at:
+                        out.append(found)
                 if dangling:
                     await self._client.zrem(index, *dangling)
                 bound = b"(" + members[-1]

@@ -71,8 +71,10 @@ class AsyncSQLPending:
             except IntegrityError as exc:  # the primary key: a turn is in flight
                 async with writer.connect() as conn:
                     stored = await self._pending(conn, cid, tenant)
-                if stored is None:
-                    raise
+                if stored is None:  # ended meanwhile: the conversation moved on, or will
+                    raise ConcurrentTurnError(
+                        cid, expected_version=pending.planned_version
+                    ) from exc
                 raise TurnInFlight(cid, pending=stored) from exc
 
     async def _pending(

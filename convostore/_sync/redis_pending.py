@@ -24,6 +24,7 @@ import redis.exceptions
 from .. import _redis_keys as keys
 from .._core import store_rules as rules
 from .._exceptions import (
+    ConcurrentTurnError,
     ConversationNotFound,
     LeaseLost,
     StoreError,
@@ -31,7 +32,7 @@ from .._exceptions import (
     TurnInFlight,
     ValidationError,
 )
-from ..models import ConversationRecord, OutboxItem, PendingTurnRecord
+from ..models import OutboxItem, PendingTurnRecord
 
 BATCH = 200
 
@@ -52,9 +53,6 @@ class RedisPending:
 
     _client: redis.Redis
     _prefix: str
-
-    def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
-        raise NotImplementedError  # the store's
 
     def _eval(self, source: str, script_keys: list[str], args: list[Any]) -> Any:
         """``_run`` for a script given by its source (loaded by EVAL on NOSCRIPT)."""
@@ -97,8 +95,9 @@ class RedisPending:
         if status[0] == 1:
             raise TurnInFlight(cid, pending=keys.decode_pending_hash(status[1]))
         if status[0] == 2:
-            stored = self.get_conversation(cid, tenant=tenant)
-            rules.check_begin(stored, pending)  # raises ConcurrentTurnError
+            raise ConcurrentTurnError(
+                cid, expected_version=pending.planned_version, actual_version=int(status[1])
+            )
         raise ValidationError(f"pending turn seq {pending.seq} of {cid!r} is not the next seq")
 
     def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
@@ -173,12 +172,14 @@ class RedisPending:
                     for member in members:
                         pipe.hgetall(self._pkey(keys.member_id(member)))
                     raws: list[Any] = pipe.execute()
-                dangling = [m for m, raw in zip(members, raws, strict=True) if raw.get(b"_m") != m]
-                for raw in raws:
-                    if raw and raw.get(b"_m") in members:
-                        found = keys.decode_pending_hash(raw)
-                        if expired_at is None or found.lease_expires_at <= expired_at:
-                            out.append(found)
+                dangling = []
+                for member, raw in zip(members, raws, strict=True):
+                    if raw.get(b"_m") != member:  # gone, or a later turn's under this id
+                        dangling.append(member)
+                        continue
+                    found = keys.decode_pending_hash(raw)
+                    if expired_at is None or found.lease_expires_at <= expired_at:
+                        out.append(found)
                 if dangling:
                     self._client.zrem(index, *dangling)
                 bound = b"(" + members[-1]

@@ -72,8 +72,10 @@ class SQLPending:
             except IntegrityError as exc:  # the primary key: a turn is in flight
                 with writer.connect() as conn:
                     stored = self._pending(conn, cid, tenant)
-                if stored is None:
-                    raise
+                if stored is None:  # ended meanwhile: the conversation moved on, or will
+                    raise ConcurrentTurnError(
+                        cid, expected_version=pending.planned_version
+                    ) from exc
                 raise TurnInFlight(cid, pending=stored) from exc
 
     def _pending(
