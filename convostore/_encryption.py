@@ -44,7 +44,7 @@ from ._exceptions import (
     ValidationError,
     WrongKeyError,
 )
-from .models import ConversationRecord, JSONObject, StoredStep
+from .models import ConversationRecord, JSONObject, PendingTurnRecord, StoredStep
 
 __all__ = [
     "DEK_FIELD",
@@ -59,8 +59,10 @@ __all__ = [
     "key_check_value",
     "new_dek",
     "open_config",
+    "open_pending",
     "open_steps",
     "seal_config",
+    "seal_pending",
     "seal_steps",
     "unwrap_dek",
     "wrap_dek",
@@ -399,6 +401,40 @@ def open_config(dek: bytes, conversation_id: str, stored: JSONObject) -> JSONObj
             "decrypted settings are not an object", conversation_id=conversation_id
         )
     return config
+
+
+def _pending_aad(pending: PendingTurnRecord) -> bytes:
+    # the key is free-form and comes last: unambiguous
+    return (
+        f"convostore-pending|{_VERSION}|{pending.conversation_id}|{pending.idempotency_key}"
+    ).encode()
+
+
+def seal_pending(dek: bytes, pending: PendingTurnRecord) -> PendingTurnRecord:
+    """The stored form of a turn in flight: its input steps and settings, the payloads,
+    sealed together into ``config`` (``input_steps`` left empty); the rest stays readable."""
+    sealed = _seal(_aesgcm(dek), [pending.input_steps, pending.config], _pending_aad(pending))
+    return pending.model_copy(update={"input_steps": [], "config": {ENCRYPTED_FIELD: sealed}})
+
+
+def open_pending(dek: bytes, stored: PendingTurnRecord) -> PendingTurnRecord:
+    """A turn in flight, decrypted.
+
+    Raises:
+        CorruptCiphertextError: altered, moved, or not encrypted.
+    """
+    cid = stored.conversation_id
+    if set(stored.config) != {ENCRYPTED_FIELD} or stored.input_steps:
+        raise CorruptCiphertextError("turn in flight is not encrypted", conversation_id=cid)
+    opened = _open(_aesgcm(dek), stored.config[ENCRYPTED_FIELD], _pending_aad(stored), cid, None)
+    if (
+        not isinstance(opened, list)
+        or len(opened) != 2
+        or not isinstance(opened[0], list)
+        or not isinstance(opened[1], dict)
+    ):
+        raise CorruptCiphertextError("decrypted turn in flight is malformed", conversation_id=cid)
+    return stored.model_copy(update={"input_steps": opened[0], "config": opened[1]})
 
 
 def check_unreserved(metadata: JSONObject) -> None:

@@ -8,10 +8,12 @@ The export format is JSON Lines, one record per line, each conversation's lines 
     {"kind": "conversation", "id": ..., "tenant": ..., ...}   # a ConversationRecord
     {"kind": "turn", "conversation_id": ..., "seq": 1, ...}   # its TurnRecords, in seq order
     {"kind": "step", "conversation_id": ..., "seq": 1, ...}   # its StoredSteps, in seq order
+    {"kind": "pending", "conversation_id": ..., ...}          # its turn in flight, if any
 
 Importing validates the whole file before writing anything, then creates each conversation
 atomically; a conversation already present with the same content is skipped, so an import (or
-a copy) that was interrupted can simply be run again.
+a copy) that was interrupted can simply be run again. A turn in flight is written back after
+its conversation (``begin_turn``), so a worker of the destination can finish or release it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import pydantic
@@ -33,10 +36,18 @@ from ._exceptions import (
     ConvostoreError,
     NotFoundError,
     StoreError,
+    TurnInFlight,
     ValidationError,
 )
 from ._sync.store import Store
-from .models import LOST_STATUS, ConversationRecord, StoredStep, TurnRecord, parse_step
+from .models import (
+    LOST_STATUS,
+    ConversationRecord,
+    PendingTurnRecord,
+    StoredStep,
+    TurnRecord,
+    parse_step,
+)
 
 if TYPE_CHECKING:
     from ._sync.client import InteractionsClient
@@ -52,9 +63,11 @@ __all__ = [
     "import_bundles",
     "iter_records",
     "load",
+    "outbox_outstanding",
     "read_export",
     "reconcile",
     "verify",
+    "warnings",
 ]
 
 Progress = Callable[[ConversationRecord], None]
@@ -82,6 +95,8 @@ class Bundle:
     record: ConversationRecord
     turns: list[TurnRecord] = field(default_factory=list)
     steps: list[StoredStep] = field(default_factory=list)
+    pending: PendingTurnRecord | None = None
+    """Its turn in flight, if any (not part of :meth:`fingerprint`: it is transient)."""
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """The export lines of this conversation."""
@@ -90,6 +105,8 @@ class Bundle:
             yield {"kind": "turn", **turn.model_dump(mode="json")}
         for step in self.steps:
             yield {"kind": "step", **step.model_dump(mode="json")}
+        if self.pending is not None:
+            yield {"kind": "pending", **self.pending.model_dump(mode="json")}
 
     def fingerprint(self) -> str:
         """What makes two copies "the same content": identity, settings, counts, the audit
@@ -149,10 +166,11 @@ def iter_records(
 
 
 def load(store: Store, record: ConversationRecord) -> Bundle:
-    """Read a conversation's turns and steps.
+    """Read a conversation's turns, steps and turn in flight.
 
     The record is re-read after the history, so a turn appended meanwhile is either fully in
-    the bundle or not at all (counts are taken from what was read).
+    the bundle or not at all (counts are taken from what was read); a turn in flight is kept
+    only if it continues what was read.
     """
     turns = store.load_turns(record.id, tenant=record.tenant)
     steps = store.load_steps(record.id, tenant=record.tenant)
@@ -165,7 +183,14 @@ def load(store: Store, record: ConversationRecord) -> Bundle:
             for s in store.load_steps(record.id, tenant=record.tenant)
             if s.seq <= fresh.step_count
         ]
-    return Bundle(fresh, turns, steps)
+    pending = store.get_pending(record.id, tenant=record.tenant)
+    if pending is not None and not _continues(fresh, pending):
+        pending = None
+    return Bundle(fresh, turns, steps, pending)
+
+
+def _continues(record: ConversationRecord, pending: PendingTurnRecord) -> bool:
+    return pending.planned_version == record.version and pending.seq == record.turn_count + 1
 
 
 def export(
@@ -201,8 +226,10 @@ def _parse_line(number: int, text: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ExportFormatError(number, "expected a JSON object")
     kind = data.pop("kind", None)
-    if kind not in ("conversation", "turn", "step"):
-        raise ExportFormatError(number, f"'kind' must be conversation, turn or step; got {kind!r}")
+    if kind not in ("conversation", "turn", "step", "pending"):
+        raise ExportFormatError(
+            number, f"'kind' must be conversation, turn, step or pending; got {kind!r}"
+        )
     return kind, data
 
 
@@ -247,8 +274,13 @@ def read_export(lines: Iterable[str]) -> list[Bundle]:
                 )
             if kind == "turn":
                 current.turns.append(TurnRecord.model_validate(data))
-            else:
+            elif kind == "step":
                 current.steps.append(StoredStep.model_validate(data))
+            else:
+                if current.pending is not None:
+                    raise ExportFormatError(number, f"a second turn in flight of {owner!r}")
+                current.pending = PendingTurnRecord.model_validate(data)
+                started[f"pending:{owner}"] = number
         except pydantic.ValidationError as exc:
             raise ExportFormatError(number, f"invalid {kind}: {_first_error(exc)}") from None
     for bundle in bundles:
@@ -258,6 +290,18 @@ def read_export(lines: Iterable[str]) -> list[Bundle]:
             raise ExportFormatError(
                 started[bundle.record.id], f"conversation {bundle.record.id!r}: {exc}"
             ) from None
+        if bundle.pending is not None:
+            number = started[f"pending:{bundle.record.id}"]
+            try:
+                rules.check_pending(bundle.pending)
+            except ValidationError as exc:
+                raise ExportFormatError(number, f"invalid pending: {exc}") from None
+            if bundle.pending.tenant != bundle.record.tenant or not _continues(
+                bundle.record, bundle.pending
+            ):
+                raise ExportFormatError(
+                    number, "the turn in flight does not continue its conversation"
+                )
     return bundles
 
 
@@ -268,17 +312,23 @@ def _place(store: Store, bundle: Bundle, report: TransferReport) -> None:
     except ConversationNotFound:
         present = None
     if present is not None:
-        if load(store, present).fingerprint() == bundle.fingerprint():
-            report.skipped.append(record.id)
-        else:
+        if load(store, present).fingerprint() != bundle.fingerprint():
             report.conflicts[record.id] = "already present with other content"
-        return
-    try:
-        store.create_conversation(record, turns=bundle.turns, steps=bundle.steps)
-    except ConversationExists:
-        report.conflicts[record.id] = "id already taken (by another tenant?)"
-        return
-    report.created.append(record.id)
+            return
+        report.skipped.append(record.id)
+    else:
+        try:
+            store.create_conversation(record, turns=bundle.turns, steps=bundle.steps)
+        except ConversationExists:
+            report.conflicts[record.id] = "id already taken (by another tenant?)"
+            return
+        report.created.append(record.id)
+    if bundle.pending is not None:
+        try:
+            store.begin_turn(bundle.pending)
+        except TurnInFlight as exc:
+            if exc.pending != bundle.pending:
+                report.conflicts[record.id] = "another turn is in flight there"
 
 
 def import_bundles(
@@ -326,8 +376,11 @@ def compare(
         except ConversationNotFound:
             problems.append(f"{record.id}: missing from the destination")
             continue
-        if load(source, record).fingerprint() != load(destination, copied).fingerprint():
+        theirs, ours = load(source, record), load(destination, copied)
+        if theirs.fingerprint() != ours.fingerprint():
             problems.append(f"{record.id}: differs between source and destination")
+        elif theirs.pending != ours.pending:
+            problems.append(f"{record.id}: its turn in flight differs")
     return problems
 
 
@@ -380,6 +433,25 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         if head is not None and head != last.interaction_id:
             problems.append(f"head {head!r} is not the last turn's interaction")
     return problems
+
+
+def warnings(store: Store, record: ConversationRecord, *, now: datetime | None = None) -> list[str]:
+    """What deserves attention without being a problem: a turn in flight whose lease
+    expired (its worker died; ``convostore recover`` finishes or releases it)."""
+    pending = store.get_pending(record.id, tenant=record.tenant)
+    moment = now or datetime.now(UTC)
+    if pending is None or pending.lease_expires_at > moment:
+        return []
+    return [
+        f"turn {pending.seq} in flight ({pending.state}) since "
+        f"{pending.created_at.isoformat(timespec='seconds')}; its lease "
+        f"({pending.lease_owner}) expired {pending.lease_expires_at.isoformat(timespec='seconds')}"
+    ]
+
+
+def outbox_outstanding(store: Store, *, tenant: str | None, limit: int = 1000) -> int:
+    """How many server-side effects (deletions) are still to be done, up to ``limit``."""
+    return len(store.list_outbox(tenant=tenant, limit=limit))
 
 
 @dataclass

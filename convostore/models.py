@@ -1049,10 +1049,18 @@ class PendingTurnRecord(_Record):
     created_at: AwareDatetime = Field(default_factory=utcnow)
     updated_at: AwareDatetime = Field(default_factory=utcnow)
 
-    @field_validator("conversation_id", "tenant", "idempotency_key", "lease_owner")
+    @field_validator("conversation_id", "tenant", "lease_owner")
     @classmethod
     def _ids(cls, value: str) -> str:
         return check_id(value)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        # a caller's key, as a turn takes it: any 1-200 printable characters, not just an id
+        if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
+            raise ValueError("idempotency key must be 1-200 printable characters")
+        return value
 
 
 OutboxAction: TypeAlias = Literal["delete_interaction"]

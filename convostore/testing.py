@@ -862,6 +862,7 @@ class StoreConformance(_Divergences):
         paris = timezone(timedelta(hours=2))
         pending = make_pending(
             record,
+            idempotency_key="order #42 — ü 'quoted' | piped",
             state="continuing",
             background=True,
             input_steps=[*VERBATIM_STEPS[:2], VERBATIM_STEPS[4]],
@@ -912,6 +913,32 @@ class StoreConformance(_Divergences):
             assert info.value.pending == first
             assert info.value.conversation_id == record.id
         assert store.get_pending(record.id, tenant=record.tenant) == first
+
+    def test_concurrent_begins_one_wins(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        workers = 4
+        barrier = threading.Barrier(workers)
+        outcomes: list[object] = []
+
+        def begin(pending: PendingTurnRecord) -> None:
+            barrier.wait()
+            try:
+                store.begin_turn(pending)
+                outcomes.append(pending)
+            except Exception as exc:
+                outcomes.append(exc)
+
+        attempts = [make_pending(record, lease_owner=f"w{n}") for n in range(workers)]
+        threads = [threading.Thread(target=begin, args=(p,)) for p in attempts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wins = [o for o in outcomes if isinstance(o, PendingTurnRecord)]
+        assert len(wins) == 1, outcomes
+        losses = [o for o in outcomes if not isinstance(o, PendingTurnRecord)]
+        assert all(isinstance(o, TurnInFlight) and o.pending == wins[0] for o in losses), losses
+        assert store.get_pending(record.id, tenant=record.tenant) == wins[0]
 
     def test_update_pending_writes_progress_only(self, store: Store) -> None:
         record = store.create_conversation(make_record())

@@ -111,7 +111,7 @@ def test_demo_runs_offline_and_shows_the_product(demo: tuple[Path, str]) -> None
 def test_demo_data_passes_verify_and_lists(demo: tuple[Path, str], invoke: Any) -> None:
     where, _ = demo
     report = run_json("verify", *DEMO_STORE, cwd=where)
-    assert report == {"checked": 4, "problems": {}}
+    assert report == {"checked": 4, "problems": {}, "warnings": {}, "outbox_outstanding": 0}
     store = ("--store", sqlite_url(where / "convostore-demo.db"), "--tenant", "demo")
     status, out, _ = invoke("ls", *store, "--json")
     items = json.loads(out)["items"]

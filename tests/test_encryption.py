@@ -23,6 +23,7 @@ from convostore.testing import (
     AsyncStoreConformance,
     StoreConformance,
     add_turn,
+    make_pending,
     make_record,
     model_step,
     user_step,
@@ -157,6 +158,45 @@ def test_payloads_and_settings_are_not_stored_readably(
     assert record.id in stored and "model_output" in stored  # we are reading the right data
     assert MARKER not in stored
     assert "secret" not in stored and "🐈" not in stored
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_turns_in_flight_are_encrypted_at_rest(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    url, options = _target(request, backend)
+    with (
+        closing(cs.open_store(url, encryption=K1, **options)) as store,
+        closing(cs.open_store(url, **options)) as plain,  # the backend, as seen with DB access
+    ):
+        record = store.create_conversation(make_record())
+        other = store.create_conversation(make_record(tenant=record.tenant))
+        pending = make_pending(
+            record,
+            input_steps=[user_step(f"my {MARKER} 🐈")],
+            config={"system_instruction": f"secret {MARKER}"},
+        )
+        store.begin_turn(pending)
+        assert store.get_pending(record.id, tenant=record.tenant) == pending
+        raw = plain.get_pending(record.id, tenant=record.tenant)
+        assert raw is not None and raw.input_steps == [] and "$encrypted" in raw.config
+        assert MARKER not in raw.model_dump_json() and raw.hop_ids == pending.hop_ids
+        with pytest.raises(cs.TurnInFlight) as info:
+            store.begin_turn(make_pending(record))
+        assert info.value.pending == pending  # opened for the caller
+        sent = pending.model_copy(update={"state": "sent", "interaction_id": "v1_x"})
+        store.update_pending(sent, owner=pending.lease_owner)
+        assert store.list_pending(tenant=record.tenant) == [sent]
+        # a sealed record moved to another conversation does not open there
+        moved = raw.model_copy(update={"conversation_id": other.id})
+        plain.begin_turn(moved)
+        with pytest.raises(cs.CorruptCiphertextError):
+            store.get_pending(other.id, tenant=other.tenant)
+        # nor does one written in clear
+        plain.release_pending(other.id, tenant=other.tenant, idempotency_key=moved.idempotency_key)
+        plain.begin_turn(make_pending(other))
+        with pytest.raises(cs.CorruptCiphertextError):
+            store.get_pending(other.id, tenant=other.tenant)
 
 
 def test_listing_and_newest_work_on_the_backend(sqlite_url: str) -> None:

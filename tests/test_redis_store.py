@@ -145,8 +145,17 @@ def test_dangling_pending_index_entries_are_skipped_and_removed(
     assert raw.zcard(index) == 3
     assert store.list_pending(tenant=tenant) == [made[0], made[2]]
     assert raw.zcard(index) == 2
+    # a later turn in flight on that conversation is listed once, under its own entry
+    again = make_pending(store.get_conversation(made[1].conversation_id, tenant=tenant))
+    store.begin_turn(again)
+    raw.zadd(index, {f"0000000000000000001|{again.conversation_id}": 0})  # a stale entry
+    assert store.list_pending(tenant=tenant) == [made[0], made[2], again]
+    assert raw.zcard(index) == 3
     assert store.release_pending(
         made[0].conversation_id, tenant=tenant, idempotency_key=made[0].idempotency_key
+    )
+    assert store.release_pending(
+        again.conversation_id, tenant=tenant, idempotency_key=again.idempotency_key
     )
     assert store.delete_conversation(made[2].conversation_id, tenant=tenant)
     assert raw.zcard(index) == 0

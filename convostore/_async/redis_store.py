@@ -10,13 +10,14 @@ process died between its create script and its index write is loadable but not l
 With ``expires_at`` set, every key of the conversation gets that time as its Redis expiry
 (re-applied on every append and update), so Redis drops expired conversations by itself;
 ``purge`` returns only what is still there to delete.
+
+Turns in flight and the outbox are in ``redis_pending`` (a base class of this store).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,42 +34,25 @@ from .._exceptions import (
     ConversationExists,
     ConversationNotFound,
     CorruptRecordError,
-    LeaseLost,
-    StoreError,
-    StoreUnavailable,
-    TurnInFlight,
     ValidationError,
 )
 from .._urls import redact
 from ..models import (
     AppendResult,
     ConversationRecord,
-    OutboxItem,
     Page,
-    PendingTurnRecord,
     StoredStep,
     TurnCommit,
     TurnRecord,
 )
+from .redis_pending import BATCH, AsyncRedisPending, translate_errors
 
-_BATCH = 200
 # steps read beyond N by load_steps(newest=N), so that the turn boundary before the N-th
 # newest step is usually within what the first round trip brought back
 _NEWEST_SLACK = 16
 
 
-@contextmanager
-def _translate() -> Iterator[None]:
-    """The one place redis-py errors become convostore errors."""
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-    except redis.exceptions.RedisError as exc:
-        raise StoreError(f"Redis error: {exc}") from exc
-
-
-class AsyncRedisStore:
+class AsyncRedisStore(AsyncRedisPending):
     """A store on plain Redis (see the module docstring for the layout and its trade-offs)."""
 
     def __init__(self, client: redis.asyncio.Redis, *, url: str, key_prefix: str) -> None:
@@ -117,27 +101,8 @@ class AsyncRedisStore:
         except redis.exceptions.NoScriptError:
             return await script(keys=script_keys, args=args)
 
-    async def _eval(self, source: str, script_keys: list[str], args: list[Any]) -> Any:
-        """``_run`` for a script given by its source (loaded by EVAL on NOSCRIPT)."""
-        count = len(script_keys)
-        try:
-            return await self._client.evalsha(keys.sha(source), count, *script_keys, *args)
-        except redis.exceptions.NoScriptError:
-            return await self._client.eval(source, count, *script_keys, *args)
-
     def _keys(self, conversation_id: str) -> list[str]:
         return keys.conversation_keys(self._prefix, conversation_id)
-
-    def _pkey(self, conversation_id: str) -> str:
-        return keys.pending_key(self._prefix, conversation_id)
-
-    async def _unlist_pending(self, tenant: str, member: Any) -> None:
-        """Remove a pending turn's index entries (after the script that deleted it)."""
-        if member:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for index in keys.pending_index_keys(self._prefix, tenant):
-                    pipe.zrem(index, member)
-                await pipe.execute()
 
     async def _scoped(self, conversation_id: str, tenant: str, *commands: Any) -> list[Any]:
         """Run read commands (callables taking a pipeline) in one MULTI with the tenant check."""
@@ -177,7 +142,7 @@ class AsyncRedisStore:
         args += [keys.turn_element(t, f) for t, f in zip(turns, firsts, strict=True)]
         args += [len(used), *(item for pair in used for item in pair)]
         args += [rules.dumps([s.turn_seq, s.payload]) for s in steps]
-        with _translate():
+        with translate_errors():
             if not await self._run(self._create, self._keys(record.id), args):
                 raise ConversationExists(record.id)
             member = keys.index_member(record.created_at, record.id)
@@ -189,7 +154,7 @@ class AsyncRedisStore:
 
     async def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
         rules.check_scope(conversation_id, tenant)
-        with _translate():
+        with translate_errors():
             raw = await self._client.hgetall(self._keys(conversation_id)[0])
         if not raw or raw.get(b"tenant") != rules.dumps(tenant).encode():
             raise ConversationNotFound(conversation_id)
@@ -210,7 +175,7 @@ class AsyncRedisStore:
             *keys.append_values(new),
             *encoded_steps,
         ]
-        with _translate():
+        with translate_errors():
             status = await self._run(self._append, [*self._keys(new.id), self._pkey(new.id)], args)
             if status[0] in (1, 3) and status[-1]:
                 await self._unlist_pending(new.tenant, status[-1])
@@ -232,7 +197,7 @@ class AsyncRedisStore:
         rules.check_scope(conversation_id, tenant)
         rules.check_idempotency_key(idempotency_key)
         turns_key, _, idem_key = self._keys(conversation_id)[1:]
-        with _translate():
+        with translate_errors():
             found = await self._scoped(
                 conversation_id, tenant, lambda p: p.hget(idem_key, idempotency_key)
             )
@@ -252,7 +217,7 @@ class AsyncRedisStore:
     ) -> list[StoredStep]:
         rules.check_load(conversation_id, tenant, after_seq=after_seq, newest=newest, turn=turn)
         _, turns_key, steps_key, _ = self._keys(conversation_id)
-        with _translate():
+        with translate_errors():
             if newest is None and turn is None:
                 found = await self._scoped(
                     conversation_id, tenant, lambda p: p.lrange(steps_key, after_seq, -1)
@@ -330,7 +295,7 @@ class AsyncRedisStore:
             return []
         stop = -1 if limit is None else after_seq + limit - 1
         turns_key = self._keys(conversation_id)[1]
-        with _translate():
+        with translate_errors():
             found = await self._scoped(
                 conversation_id, tenant, lambda p: p.lrange(turns_key, after_seq, stop)
             )
@@ -344,7 +309,7 @@ class AsyncRedisStore:
         out: list[ConversationRecord] = []
         while len(out) < want:
             members: Any = await self._client.zrange(
-                index, bound, "-", desc=True, bylex=True, offset=0, num=_BATCH
+                index, bound, "-", desc=True, bylex=True, offset=0, num=BATCH
             )
             if not members:
                 break
@@ -384,7 +349,7 @@ class AsyncRedisStore:
             index = f"{self._prefix}idx:all"
         else:
             index = keys.index_keys(self._prefix, tenant, user)[-1]
-        with _translate():
+        with translate_errors():
             items = await self._scan(index, tenant, user, bound, limit + 1)
         next_cursor = None
         if len(items) > limit:
@@ -397,7 +362,7 @@ class AsyncRedisStore:
         fields = keys.record_fields(record, rules.UPDATE_FIELDS)
         args: list[Any] = [rules.dumps(record.tenant), str(record.version - 1), len(fields) // 2]
         args += fields
-        with _translate():
+        with translate_errors():
             status = await self._run(
                 self._update, [*self._keys(record.id), self._pkey(record.id)], args
             )
@@ -411,7 +376,7 @@ class AsyncRedisStore:
 
     async def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
         rules.check_scope(conversation_id, tenant)
-        with _translate():
+        with translate_errors():
             return await self._remove(conversation_id, tenant)
 
     async def _remove(self, conversation_id: str, tenant: str) -> bool:
@@ -445,7 +410,7 @@ class AsyncRedisStore:
     ) -> list[ConversationRecord]:
         moment = rules.check_purge(now, older_than, tenant)
         index = f"{self._prefix}idx:all" if tenant is None else f"{self._prefix}idx:t:{tenant}"
-        with _translate():
+        with translate_errors():
             # Every listed conversation is read: purge is an operations sweep, not a hot path.
             records = await self._scan(index, tenant, None, b"+", 1 << 62)
             doomed = [
@@ -454,183 +419,6 @@ class AsyncRedisStore:
             if dry_run:
                 return doomed
             return [r for r in doomed if await self._remove(r.id, r.tenant)]
-
-    # ----------------------------------------------------------------- turns in flight
-
-    async def begin_turn(self, pending: PendingTurnRecord) -> None:
-        rules.check_pending(pending)
-        cid, tenant, token = pending.conversation_id, pending.tenant, uuid.uuid4().hex
-        member = keys.index_member(pending.created_at, cid)
-        args: list[Any] = [rules.dumps(tenant), str(pending.planned_version), str(pending.seq - 1)]
-        args += [token, *keys.pending_fields(pending, member, token)]
-        with _translate():
-            status = await self._eval(keys.BEGIN, [self._keys(cid)[0], self._pkey(cid)], args)
-            if status[0] == 3:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for index in keys.pending_index_keys(self._prefix, tenant):
-                        pipe.zadd(index, {member: 0})
-                    await pipe.execute()
-                return
-        if status[0] == 0:
-            raise ConversationNotFound(cid)
-        if status[0] == 1:
-            raise TurnInFlight(cid, pending=keys.decode_pending_hash(status[1]))
-        if status[0] == 2:
-            stored = await self.get_conversation(cid, tenant=tenant)
-            rules.check_begin(stored, pending)  # raises ConcurrentTurnError
-        raise ValidationError(f"pending turn seq {pending.seq} of {cid!r} is not the next seq")
-
-    async def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
-        rules.check_scope(conversation_id, tenant)
-        with _translate():
-            raw = await self._client.hgetall(self._pkey(conversation_id))
-        if not raw or raw.get(b"tenant") != rules.dumps(tenant).encode():
-            return None
-        return keys.decode_pending_hash(raw)
-
-    async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
-        rules.check_owner(owner)
-        args = [rules.dumps(pending.tenant), pending.idempotency_key, rules.dumps(owner)]
-        args += keys.progress_fields(pending)
-        with _translate():
-            written = await self._eval(
-                keys.UPDATE_PENDING, [self._pkey(pending.conversation_id)], args
-            )
-        if not written:
-            raise LeaseLost(pending.conversation_id, idempotency_key=pending.idempotency_key)
-
-    async def claim_pending(
-        self,
-        conversation_id: str,
-        *,
-        tenant: str,
-        owner: str,
-        now: datetime,
-        lease_expires_at: datetime,
-    ) -> PendingTurnRecord | None:
-        rules.check_claim(conversation_id, tenant, owner, now, lease_expires_at)
-        args = [rules.dumps(tenant), rules.dumps(owner), str(rules.epoch_us(now))]
-        expiry = rules.epoch_us(lease_expires_at)
-        args += [str(expiry), rules.dumps(lease_expires_at.isoformat())]
-        with _translate():
-            raw = await self._eval(keys.CLAIM, [self._pkey(conversation_id)], args)
-        return None if raw is None else keys.decode_pending_hash(raw)
-
-    async def release_pending(
-        self, conversation_id: str, *, tenant: str, idempotency_key: str
-    ) -> bool:
-        rules.check_pending_key(conversation_id, tenant, idempotency_key)
-        args = [rules.dumps(tenant), idempotency_key]
-        with _translate():
-            member = await self._eval(keys.RELEASE, [self._pkey(conversation_id)], args)
-            await self._unlist_pending(tenant, member)
-        return member is not None
-
-    async def list_pending(
-        self,
-        *,
-        tenant: str | None,
-        expired_at: datetime | None = None,
-        limit: int = 100,
-    ) -> list[PendingTurnRecord]:
-        """As the contract says; index entries left by a crash or by a commit are removed
-        on the way (a commit deletes the pending hash in its script, the entry after it)."""
-        rules.check_list_pending(tenant, expired_at, limit)
-        all_index, tenant_index = keys.pending_index_keys(self._prefix, tenant or "")
-        index = all_index if tenant is None else tenant_index
-        out: list[PendingTurnRecord] = []
-        bound = b"-"
-        with _translate():
-            while len(out) < limit:
-                members: Any = await self._client.zrange(
-                    index, bound, "+", bylex=True, offset=0, num=_BATCH
-                )
-                if not members:
-                    break
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for member in members:
-                        pipe.hgetall(self._pkey(keys.member_id(member)))
-                    raws: list[Any] = await pipe.execute()
-                dangling = [m for m, raw in zip(members, raws, strict=True) if raw.get(b"_m") != m]
-                for raw in raws:
-                    if raw and raw.get(b"_m") in members:
-                        found = keys.decode_pending_hash(raw)
-                        if expired_at is None or found.lease_expires_at <= expired_at:
-                            out.append(found)
-                if dangling:
-                    await self._client.zrem(index, *dangling)
-                bound = b"(" + members[-1]
-        return out[:limit]
-
-    # ----------------------------------------------------------------- outbox
-
-    async def add_outbox(self, items: Sequence[OutboxItem]) -> None:
-        checked = {item.id: item for item in rules.check_outbox_items(items)}
-        if not checked:
-            return
-        items_key, due_key = keys.outbox_keys(self._prefix)
-        with _translate():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(items_key, mapping={i: x.model_dump_json() for i, x in checked.items()})
-                pipe.zadd(
-                    due_key, {i: rules.epoch_us(x.next_attempt_at) for i, x in checked.items()}
-                )
-                await pipe.execute()
-
-    async def list_outbox(
-        self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
-    ) -> list[OutboxItem]:
-        """As the contract says; every due item is read (the outbox holds what is still to
-        be done, normally a handful), then filtered by tenant and ordered."""
-        rules.check_list_outbox(tenant, due_at, limit)
-        items_key, due_key = keys.outbox_keys(self._prefix)
-        top = "+inf" if due_at is None else rules.epoch_us(due_at)
-        found: list[OutboxItem] = []
-        with _translate():
-            ids: Any = await self._client.zrangebyscore(due_key, "-inf", top)
-            for start in range(0, len(ids), _BATCH):
-                chunk = ids[start : start + _BATCH]
-                texts: Any = await self._client.hmget(items_key, chunk)
-                gone = [item_id for item_id, text in zip(chunk, texts, strict=True) if not text]
-                if gone:
-                    await self._client.zrem(due_key, *gone)
-                found += [
-                    rules.decode_outbox(rules.loads(text, "stored outbox item"))
-                    for text in texts
-                    if text
-                ]
-        return rules.select_outbox(found, tenant=tenant, due_at=due_at, limit=limit)
-
-    async def update_outbox(self, item: OutboxItem) -> None:
-        rules.check_outbox_items([item])
-        script_keys = keys.outbox_keys(self._prefix)
-        with _translate():
-            for _ in range(10):  # re-read when another update lands in between
-                text: Any = await self._client.hget(script_keys[0], item.id)
-                if text is None:
-                    return
-                stored = rules.decode_outbox(rules.loads(text, "stored outbox item"))
-                if stored.tenant != item.tenant:
-                    return
-                fields = {name: getattr(item, name) for name in rules.OUTBOX_RETRY_FIELDS}
-                new = stored.model_copy(update=fields)
-                score = rules.epoch_us(new.next_attempt_at)
-                args = [item.id, text, new.model_dump_json(), score]
-                if await self._eval(keys.UPDATE_OUTBOX, script_keys, args):
-                    return
-        raise StoreError(f"outbox item {item.id!r} kept changing; not updated")
-
-    async def remove_outbox(self, ids: Sequence[str]) -> None:
-        checked = rules.check_outbox_ids(ids)
-        if not checked:
-            return
-        items_key, due_key = keys.outbox_keys(self._prefix)
-        with _translate():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hdel(items_key, *checked)
-                pipe.zrem(due_key, *checked)
-                await pipe.execute()
 
     async def aclose(self) -> None:
         if not self._closed:

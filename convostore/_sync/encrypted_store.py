@@ -15,11 +15,18 @@ from datetime import datetime
 
 from .. import _encryption as enc
 from .._core import store_rules as rules
-from .._exceptions import ConcurrentTurnError, ConversationNotFound, CorruptCiphertextError
+from .._exceptions import (
+    ConcurrentTurnError,
+    ConversationNotFound,
+    CorruptCiphertextError,
+    TurnInFlight,
+)
 from ..models import (
     AppendResult,
     ConversationRecord,
+    OutboxItem,
     Page,
+    PendingTurnRecord,
     StoredStep,
     TurnCommit,
     TurnRecord,
@@ -213,6 +220,89 @@ class EncryptedStore:
             for record in purged:
                 self._deks.drop(record.id)
         return [self._open_record(r) for r in purged]
+
+    # ------------------------------------------------------------------ turns in flight
+
+    def _open_pending(self, stored: PendingTurnRecord) -> PendingTurnRecord:
+        cid, tenant = stored.conversation_id, stored.tenant
+        cached = self._deks.get(cid) is not None
+        try:
+            return enc.open_pending(self._dek(cid, tenant), stored)
+        except CorruptCiphertextError:
+            if not cached:
+                raise
+        # as in load_steps: the cached key may be an earlier conversation's under this id
+        return enc.open_pending(self._fresh_dek(cid, tenant), stored)
+
+    def begin_turn(self, pending: PendingTurnRecord) -> None:
+        """As the contract says; the input steps and settings are encrypted under the
+        conversation's data key, read afresh (one more read per turn): sealing under a stale
+        cached key would leave the record unreadable."""
+        rules.check_pending(pending)
+        dek = self._fresh_dek(pending.conversation_id, pending.tenant)
+        try:
+            self.inner.begin_turn(enc.seal_pending(dek, pending))
+        except TurnInFlight as exc:
+            opened = self._open_pending(exc.pending)
+            raise TurnInFlight(pending.conversation_id, pending=opened) from exc
+
+    def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
+        stored = self.inner.get_pending(conversation_id, tenant=tenant)
+        return None if stored is None else self._open_pending(stored)
+
+    def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
+        rules.check_pending(pending)
+        # only progress is written: the payloads need not travel (and must not, in clear)
+        self.inner.update_pending(
+            pending.model_copy(update={"input_steps": [], "config": {}}), owner=owner
+        )
+
+    def claim_pending(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+    ) -> PendingTurnRecord | None:
+        claimed = self.inner.claim_pending(
+            conversation_id, tenant=tenant, owner=owner, now=now, lease_expires_at=lease_expires_at
+        )
+        return None if claimed is None else self._open_pending(claimed)
+
+    def release_pending(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> bool:
+        return self.inner.release_pending(
+            conversation_id, tenant=tenant, idempotency_key=idempotency_key
+        )
+
+    def list_pending(
+        self,
+        *,
+        tenant: str | None,
+        expired_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[PendingTurnRecord]:
+        found = self.inner.list_pending(tenant=tenant, expired_at=expired_at, limit=limit)
+        return [self._open_pending(stored) for stored in found]
+
+    # ------------------------------------------------------------------ outbox (not encrypted)
+
+    def add_outbox(self, items: Sequence[OutboxItem]) -> None:
+        self.inner.add_outbox(items)
+
+    def list_outbox(
+        self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        return self.inner.list_outbox(tenant=tenant, due_at=due_at, limit=limit)
+
+    def update_outbox(self, item: OutboxItem) -> None:
+        self.inner.update_outbox(item)
+
+    def remove_outbox(self, ids: Sequence[str]) -> None:
+        self.inner.remove_outbox(ids)
 
     def close(self) -> None:
         self.inner.close()

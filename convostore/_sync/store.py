@@ -180,7 +180,8 @@ class Store(Protocol):
             TurnInFlight: a turn is already pending (the error carries its record).
             ConcurrentTurnError: the stored version differs.
             ConversationNotFound: missing or another tenant's.
-            ValidationError: ``pending.seq`` is not the stored ``turn_count + 1``.
+            ValidationError: ``pending.seq`` is not the stored ``turn_count + 1`` (checked after
+                the version), or the record is malformed (checked before anything is read).
         """
         ...
 
@@ -195,8 +196,12 @@ class Store(Protocol):
         ``updated_at`` (nothing else changes) — only if the stored pending record has
         ``pending.idempotency_key`` and is held by ``owner``.
 
+        A lease that expired without anyone claiming it still lets its owner write (and, with
+        a later ``lease_expires_at``, renew it): expiry only matters to ``claim_pending``.
+
         Raises:
-            LeaseLost: it is no longer there (committed, released) or another owner holds it.
+            LeaseLost: it is no longer there (committed, released), another owner holds it, or
+                it is another tenant's.
         """
         ...
 
@@ -211,8 +216,10 @@ class Store(Protocol):
     ) -> PendingTurnRecord | None:
         """Take over a turn in flight whose lease has expired at ``now`` (or that ``owner``
         already holds): compare-and-set of ``lease_owner``/``lease_expires_at``. Returns the
-        record as stored after the claim; None when nothing is pending or another owner's lease
-        is still live. Of two workers claiming at once, one wins."""
+        record as stored after the claim; None when nothing is pending (or the conversation is
+        missing or another tenant's) or another owner's lease is still live. Of two workers
+        claiming at once, one wins. Only the lease is written: ``updated_at`` stays the time
+        of the turn's last progress."""
         ...
 
     def release_pending(
@@ -243,13 +250,13 @@ class Store(Protocol):
     def list_outbox(
         self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
     ) -> list[OutboxItem]:
-        """Outstanding items, oldest first; ``due_at`` keeps those whose ``next_attempt_at``
-        is at or before it; ``tenant=None`` lists every tenant."""
+        """Outstanding items, oldest first (by ``created_at``, then id); ``due_at`` keeps those
+        whose ``next_attempt_at`` is at or before it; ``tenant=None`` lists every tenant."""
         ...
 
     def update_outbox(self, item: OutboxItem) -> None:
         """Write an item's ``attempts``, ``last_error`` and ``next_attempt_at`` after a failed
-        try (no-op if it was removed meanwhile)."""
+        try (no-op if it was removed meanwhile, or if the stored item is another tenant's)."""
         ...
 
     def remove_outbox(self, ids: Sequence[str]) -> None:

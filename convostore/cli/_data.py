@@ -279,21 +279,38 @@ def verify_command(
     conversation_id: str | None, store_url: str, tenant: str, all_tenants: bool, as_json: bool
 ) -> int:
     """Check stored conversations: contiguous seqs, counts, a linear chain, payloads that
-    parse, audit hashes. Exits 1 and lists the problems if any are found."""
+    parse, audit hashes. Exits 1 and lists the problems if any are found. Warns (without
+    failing) of turns in flight whose lease expired and of server deletions outstanding."""
     results: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {}
     with _store(store_url) as store:
         for record in transfer.iter_records(
             store, tenant=None if all_tenants else tenant, conversation_id=conversation_id
         ):
             results[record.id] = transfer.verify(store, record)
+            notes[record.id] = transfer.warnings(store, record)
+        outstanding = transfer.outbox_outstanding(store, tenant=None if all_tenants else tenant)
     bad = {cid: problems for cid, problems in results.items() if problems}
+    warned = {cid: found for cid, found in notes.items() if found}
     if as_json:
-        _emit_json({"checked": len(results), "problems": bad})
+        _emit_json(
+            {
+                "checked": len(results),
+                "problems": bad,
+                "warnings": warned,
+                "outbox_outstanding": outstanding,
+            }
+        )
     else:
         console = _out()
         for cid, problems in bad.items():
             for problem in problems:
                 console.print(f"[red]problem[/] {cid}: {escape(problem)}")
+        for cid, found in warned.items():
+            for note in found:
+                console.print(f"[yellow]warning[/] {cid}: {escape(note)}")
+        if outstanding:
+            console.print(f"[yellow]warning[/] {outstanding} server deletions outstanding")
         console.print(f"checked {len(results)} conversation(s): {len(bad)} with problems")
     return 1 if bad else 0
 

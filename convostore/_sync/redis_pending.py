@@ -1,0 +1,255 @@
+# Generated from convostore/_async by scripts/unasync.py. Do not edit.
+"""Turns in flight and the outbox on Redis: the part of :class:`RedisStore` behind
+``begin_turn`` … ``remove_outbox`` (a base class of it; it uses the store's client), and the
+translation of redis-py errors both use. Keys and scripts are in ``convostore._redis_keys``.
+
+A turn in flight is one hash under the conversation's hash tag, written by scripts that check
+the conversation (begin) or the lease (update, claim, release); the append and delete scripts
+remove it. Its entries in the listing index are written after the begin script and removed
+after the script that deleted it; ``list_pending`` skips and removes those left behind (a
+crash, an expiry). The outbox is a hash and a sorted set under one hash tag.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from .. import _redis_keys as keys
+from .._core import store_rules as rules
+from .._exceptions import (
+    ConcurrentTurnError,
+    ConversationNotFound,
+    LeaseLost,
+    StoreError,
+    StoreUnavailable,
+    TurnInFlight,
+    ValidationError,
+)
+from ..models import OutboxItem, PendingTurnRecord
+
+BATCH = 200
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one place redis-py errors become convostore errors."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"Redis error: {exc}") from exc
+
+
+class RedisPending:
+    """Turns in flight and the outbox (see the module docstring)."""
+
+    _client: redis.Redis
+    _prefix: str
+
+    def _eval(self, source: str, script_keys: list[str], args: list[Any]) -> Any:
+        """``_run`` for a script given by its source (loaded by EVAL on NOSCRIPT)."""
+        count = len(script_keys)
+        try:
+            return self._client.evalsha(keys.sha(source), count, *script_keys, *args)
+        except redis.exceptions.NoScriptError:
+            return self._client.eval(source, count, *script_keys, *args)
+
+    def _pkey(self, conversation_id: str) -> str:
+        return keys.pending_key(self._prefix, conversation_id)
+
+    def _unlist_pending(self, tenant: str, member: Any) -> None:
+        """Remove a pending turn's index entries (after the script that deleted it)."""
+        if member:
+            with self._client.pipeline(transaction=False) as pipe:
+                for index in keys.pending_index_keys(self._prefix, tenant):
+                    pipe.zrem(index, member)
+                pipe.execute()
+
+    # ----------------------------------------------------------------- turns in flight
+
+    def begin_turn(self, pending: PendingTurnRecord) -> None:
+        rules.check_pending(pending)
+        cid, tenant, token = pending.conversation_id, pending.tenant, uuid.uuid4().hex
+        member = keys.index_member(pending.created_at, cid)
+        args: list[Any] = [rules.dumps(tenant), str(pending.planned_version), str(pending.seq - 1)]
+        args += [token, *keys.pending_fields(pending, member, token)]
+        with translate_errors():
+            record_key = keys.conversation_keys(self._prefix, cid)[0]
+            status = self._eval(keys.BEGIN, [record_key, self._pkey(cid)], args)
+            if status[0] == 3:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for index in keys.pending_index_keys(self._prefix, tenant):
+                        pipe.zadd(index, {member: 0})
+                    pipe.execute()
+                return
+        if status[0] == 0:
+            raise ConversationNotFound(cid)
+        if status[0] == 1:
+            raise TurnInFlight(cid, pending=keys.decode_pending_hash(status[1]))
+        if status[0] == 2:
+            raise ConcurrentTurnError(
+                cid, expected_version=pending.planned_version, actual_version=int(status[1])
+            )
+        raise ValidationError(f"pending turn seq {pending.seq} of {cid!r} is not the next seq")
+
+    def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
+        rules.check_scope(conversation_id, tenant)
+        with translate_errors():
+            raw = self._client.hgetall(self._pkey(conversation_id))
+        if not raw or raw.get(b"tenant") != rules.dumps(tenant).encode():
+            return None
+        return keys.decode_pending_hash(raw)
+
+    def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
+        rules.check_pending(pending)
+        rules.check_owner(owner)
+        args = [rules.dumps(pending.tenant), pending.idempotency_key, rules.dumps(owner)]
+        args += keys.progress_fields(pending)
+        with translate_errors():
+            written = self._eval(
+                keys.UPDATE_PENDING, [self._pkey(pending.conversation_id)], args
+            )
+        if not written:
+            raise LeaseLost(pending.conversation_id, idempotency_key=pending.idempotency_key)
+
+    def claim_pending(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+    ) -> PendingTurnRecord | None:
+        rules.check_claim(conversation_id, tenant, owner, now, lease_expires_at)
+        args = [rules.dumps(tenant), rules.dumps(owner), str(rules.epoch_us(now))]
+        expiry = rules.epoch_us(lease_expires_at)
+        args += [str(expiry), rules.dumps(lease_expires_at.isoformat())]
+        with translate_errors():
+            raw = self._eval(keys.CLAIM, [self._pkey(conversation_id)], args)
+        return None if raw is None else keys.decode_pending_hash(raw)
+
+    def release_pending(
+        self, conversation_id: str, *, tenant: str, idempotency_key: str
+    ) -> bool:
+        rules.check_pending_key(conversation_id, tenant, idempotency_key)
+        args = [rules.dumps(tenant), idempotency_key]
+        with translate_errors():
+            member = self._eval(keys.RELEASE, [self._pkey(conversation_id)], args)
+            self._unlist_pending(tenant, member)
+        return member is not None
+
+    def list_pending(
+        self,
+        *,
+        tenant: str | None,
+        expired_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[PendingTurnRecord]:
+        """As the contract says; index entries left by a crash or by a commit are removed
+        on the way (a commit deletes the pending hash in its script, the entry after it)."""
+        rules.check_list_pending(tenant, expired_at, limit)
+        all_index, tenant_index = keys.pending_index_keys(self._prefix, tenant or "")
+        index = all_index if tenant is None else tenant_index
+        out: list[PendingTurnRecord] = []
+        bound = b"-"
+        with translate_errors():
+            while len(out) < limit:
+                members: Any = self._client.zrange(
+                    index, bound, "+", bylex=True, offset=0, num=BATCH
+                )
+                if not members:
+                    break
+                with self._client.pipeline(transaction=False) as pipe:
+                    for member in members:
+                        pipe.hgetall(self._pkey(keys.member_id(member)))
+                    raws: list[Any] = pipe.execute()
+                dangling = []
+                for member, raw in zip(members, raws, strict=True):
+                    if raw.get(b"_m") != member:  # gone, or a later turn's under this id
+                        dangling.append(member)
+                        continue
+                    found = keys.decode_pending_hash(raw)
+                    if expired_at is None or found.lease_expires_at <= expired_at:
+                        out.append(found)
+                if dangling:
+                    self._client.zrem(index, *dangling)
+                bound = b"(" + members[-1]
+        return out[:limit]
+
+    # ----------------------------------------------------------------- outbox
+
+    def add_outbox(self, items: Sequence[OutboxItem]) -> None:
+        checked = {item.id: item for item in rules.check_outbox_items(items)}
+        if not checked:
+            return
+        items_key, due_key = keys.outbox_keys(self._prefix)
+        with translate_errors():
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(items_key, mapping={i: x.model_dump_json() for i, x in checked.items()})
+                pipe.zadd(
+                    due_key, {i: rules.epoch_us(x.next_attempt_at) for i, x in checked.items()}
+                )
+                pipe.execute()
+
+    def list_outbox(
+        self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        """As the contract says; every due item is read (the outbox holds what is still to
+        be done, normally a handful), then filtered by tenant and ordered."""
+        rules.check_list_outbox(tenant, due_at, limit)
+        items_key, due_key = keys.outbox_keys(self._prefix)
+        top = "+inf" if due_at is None else rules.epoch_us(due_at)
+        found: list[OutboxItem] = []
+        with translate_errors():
+            ids: Any = self._client.zrangebyscore(due_key, "-inf", top)
+            for start in range(0, len(ids), BATCH):
+                chunk = ids[start : start + BATCH]
+                texts: Any = self._client.hmget(items_key, chunk)
+                gone = [item_id for item_id, text in zip(chunk, texts, strict=True) if not text]
+                if gone:
+                    self._client.zrem(due_key, *gone)
+                found += [
+                    rules.decode_outbox(rules.loads(text, "stored outbox item"))
+                    for text in texts
+                    if text
+                ]
+        return rules.select_outbox(found, tenant=tenant, due_at=due_at, limit=limit)
+
+    def update_outbox(self, item: OutboxItem) -> None:
+        rules.check_outbox_items([item])
+        script_keys = keys.outbox_keys(self._prefix)
+        with translate_errors():
+            for _ in range(10):  # re-read when another update lands in between
+                text: Any = self._client.hget(script_keys[0], item.id)
+                if text is None:
+                    return
+                stored = rules.decode_outbox(rules.loads(text, "stored outbox item"))
+                if stored.tenant != item.tenant:
+                    return
+                fields = {name: getattr(item, name) for name in rules.OUTBOX_RETRY_FIELDS}
+                new = stored.model_copy(update=fields)
+                score = rules.epoch_us(new.next_attempt_at)
+                args = [item.id, text, new.model_dump_json(), score]
+                if self._eval(keys.UPDATE_OUTBOX, script_keys, args):
+                    return
+        raise StoreError(f"outbox item {item.id!r} kept changing; not updated")
+
+    def remove_outbox(self, ids: Sequence[str]) -> None:
+        checked = rules.check_outbox_ids(ids)
+        if not checked:
+            return
+        items_key, due_key = keys.outbox_keys(self._prefix)
+        with translate_errors():
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hdel(items_key, *checked)
+                pipe.zrem(due_key, *checked)
+                pipe.execute()
