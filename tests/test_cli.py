@@ -524,6 +524,71 @@ def test_reconcile_delete_and_purge_against_a_server(
     assert kept_on_server not in emulator.interactions
 
 
+def test_recover_adopts_a_dead_workers_turn_and_retries_the_outbox(
+    emulator: Any, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from convostore._core import planner
+    from convostore.models import PendingTurnRecord, utcnow
+
+    store = sqlite_url(tmp_path / "recover.db")
+    with (
+        InteractionsClient(api_key="k", base_url=emulator.url, max_retries=0) as client,
+        Conversations(store, client) as convos,
+    ):
+        conv = convos.create(tenant="acme", mode="server")
+        conv.send("one")
+        # a worker that got its answer and died before committing it
+        record = conv.refresh()
+        decision = planner.decide(record, policy=planner.Policy(), now=utcnow())
+        step = {"type": "user_input", "content": [{"type": "text", "text": "two"}]}
+        body = planner.plan_request(record, decision, new_steps=[step])
+        answered = client.create(**body).id
+        now = utcnow()
+        convos.store.begin_turn(
+            PendingTurnRecord(
+                conversation_id=conv.id,
+                tenant="acme",
+                seq=2,
+                planned_version=record.version,
+                idempotency_key="dead-worker-key",
+                state="sent",
+                mode_used=decision.mode_used,
+                reason=decision.reason,
+                model=record.model,
+                store=True,
+                previous_interaction_id=decision.previous_interaction_id,
+                input_steps=[step],
+                interaction_id=answered,
+                hop_ids=[answered],
+                lease_owner="dead",
+                lease_expires_at=now - timedelta(seconds=5),
+                created_at=now - timedelta(minutes=1),
+                updated_at=now - timedelta(minutes=1),
+            )
+        )
+        other = convos.create(tenant="acme", mode="server")
+        other_ids = [other.send("erase me").interaction_id]
+        emulator.fail(500, times=1)
+        assert convos.delete(other.id, tenant="acme", remote=True).remote_failed
+    env = clean_env(GEMINI_API_KEY="k", GOOGLE_GEMINI_BASE_URL=emulator.url)
+    scope = ("--store", store, "--tenant", "acme")
+    # not due yet: the failed deletion waits for its next attempt
+    report = run_json("recover", *scope, cwd=tmp_path, env=env)
+    assert report["adopted"] == [f"{conv.id}#2"] and report["lost"] == []
+    shown = run_json("show", conv.id, *scope, cwd=tmp_path, env=env)
+    assert [t["interaction_id"] for t in shown["turns"]][-1] == answered
+    assert run_json("recover", *scope, cwd=tmp_path, env=env)["adopted"] == []
+    with sqlite3.connect(tmp_path / "recover.db") as db:
+        db.execute("UPDATE outbox SET next_attempt_at = '2000-01-01 00:00:00.000000'")
+    text = run("recover", *scope, cwd=tmp_path, env=env).stdout
+    assert "1 server deletion(s) done, 0 outstanding" in text
+    assert other_ids[0] not in emulator.interactions
+    status = run("recover", "--older-than", "soon", *scope, cwd=tmp_path, env=env, status=2)
+    assert "not a duration" in status.stderr
+
+
 def test_db_commands(tmp_path: Path, invoke: Any) -> None:
     url = sqlite_url(tmp_path / "schema.db")
     behind = run("db", "check", url, cwd=tmp_path, status=1)
