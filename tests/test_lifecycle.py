@@ -106,6 +106,14 @@ def test_completed_answer_is_recorded_then_committed() -> None:
     assert m.phase is Phase.COMMITTED and m.done
 
 
+def test_an_answer_whose_id_a_stream_recorded_goes_straight_to_the_commit() -> None:
+    m = machine()
+    sent(m)
+    pending = m.started("int_1", now=NOW, lease=LEASE)
+    assert pending.interaction_id == "int_1" and pending.state == "sent"
+    assert isinstance(m.answered(answer(), now=NOW, lease=LEASE), Commit)
+
+
 def test_stateless_answer_is_committed_without_recording() -> None:
     m = machine(record(mode="stateless"))
     sent(m)
@@ -206,9 +214,8 @@ def test_unfinished_answers_are_polled_never_committed(status: str) -> None:
     assert isinstance(rec, Record) and rec.pending.state == "sent"
     poll = m.recorded()
     assert isinstance(poll, Poll) and poll.interaction_id == "int_1"
-    # the poll finds it finished: the same hop, now complete
-    assert isinstance(m.answered(answer(), now=NOW, lease=LEASE), Record)
-    commit = m.recorded()
+    # the poll finds it finished: the same hop, now complete; its id is already recorded
+    commit = m.answered(answer(), now=NOW, lease=LEASE)
     assert isinstance(commit, Commit) and len(m.hops) == 1
     assert commit.commit.turn.status == "completed"
 

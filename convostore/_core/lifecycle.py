@@ -321,8 +321,11 @@ class TurnLifecycle:
         if status in COMMITTED_STATUSES or status == CONTINUE_STATUS:
             self.phase = Phase.ANSWERED
             self._after_record = Commit(self._commit(now))
-            if not self.pending.store:
-                return self._after_record  # nothing on the server to adopt: no need to record
+            known = self.pending.interaction_id == progress["interaction_id"]
+            if not self.pending.store or (known and self.pending.hop_ids == ids):
+                # nothing on the server to adopt, or the store already names the answer (a
+                # stream recorded it when the server named it): straight to the commit
+                return self._after_record
             return self._record(progress, "sent")
         # in_progress, queued, idle, or a status convostore does not know: never committed
         self.phase = Phase.SENT
