@@ -406,14 +406,13 @@ def test_a_stream_carries_an_imposed_final_status(emulator: Emulator, http: http
 def test_an_unfinished_answer_finishes_later(
     emulator: Emulator, http: httpx.Client, status: str
 ) -> None:
-    emulator.background_seconds = 0.3
+    emulator.background_seconds = 60  # held running until released below
     emulator.next_status(status)
-    started = time.monotonic()
     answered = create(http, input="hello")
-    assert time.monotonic() - started < 0.3
     assert answered["status"] == status and answered["steps"] == []
     assert "usage" not in answered
     assert get(http, answered["id"])["status"] == status
+    emulator.background_seconds = 0
     deadline = time.monotonic() + 5
     while (now := get(http, answered["id"]))["status"] == status:
         assert time.monotonic() < deadline
@@ -426,7 +425,7 @@ def test_an_unfinished_answer_finishes_later(
 def test_a_stream_of_an_unfinished_answer_waits_for_it(
     emulator: Emulator, http: httpx.Client
 ) -> None:
-    emulator.background_seconds = 0.2
+    emulator.background_seconds = 0.05
     emulator.next_status("queued")
     events = stream(http, input="hello")
     updates = [e["status"] for e in events if e["event_type"] == "interaction.status_update"]
@@ -450,19 +449,22 @@ def test_next_status_rejects_what_it_cannot_impose(emulator: Emulator) -> None:
 
 
 def test_background_finishes_later_and_streams_live(emulator: Emulator, http: httpx.Client) -> None:
-    emulator.background_seconds = 0.3
+    emulator.background_seconds = 60  # held running until released below
     started = create(http, input=LONG, background=True)
     assert started["status"] == "in_progress" and "usage" not in started
     iid = started["id"]
-    t0 = time.monotonic()
     with http.stream("GET", f"/v1/interactions/{iid}", params={"stream": "true"}) as response:
         lines = response.iter_lines()
         first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
         assert first["event_type"] == "interaction.created"
-        assert time.monotonic() - t0 < 0.25  # sent before the interaction finished
+        assert emulator.interactions[iid]["status"] == "in_progress"  # sent while running
+        emulator.background_seconds = 0
         rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     events = [first, *rest]
     assert events[-1]["interaction"]["status"] == "completed"
+    assert [e["status"] for e in events if e["event_type"] == "interaction.status_update"] == [
+        "in_progress"
+    ]
     assert [e["event_id"] for e in events] == [str(i) for i in range(len(events))]
     resumed = http.get(
         f"/v1/interactions/{iid}",
@@ -470,6 +472,27 @@ def test_background_finishes_later_and_streams_live(emulator: Emulator, http: ht
     )
     assert events_of(resumed) == events[41:]
     assert get(http, iid)["status"] == "completed"
+
+
+def test_a_running_interaction_streams_from_last_event_id(
+    emulator: Emulator, http: httpx.Client
+) -> None:
+    emulator.background_seconds = 60
+    iid = create(http, input="hello", background=True)["id"]
+    params = {"stream": "true", "last_event_id": "0"}
+    with http.stream("GET", f"/v1/interactions/{iid}", params=params) as response:
+        lines = response.iter_lines()
+        first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        assert emulator.interactions[iid]["status"] == "in_progress"  # sent while running
+        emulator.background_seconds = 0
+        rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert (first["event_type"], first["event_id"], first["status"]) == (
+        "interaction.status_update",
+        "1",
+        "in_progress",
+    )
+    assert [e["event_id"] for e in rest] == [str(i) for i in range(2, len(rest) + 2)]
+    assert rest[-1]["interaction"]["status"] == "completed"
 
 
 def test_background_ignores_the_decode_limit(emulator: Emulator, http: httpx.Client) -> None:

@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 
 from ._decode import (
     ContinuationPoint,
-    DecodePlan,
     Hop,
     hop_end,
     hop_steps,
@@ -131,8 +130,9 @@ def resolve_chain(state: EmulatorState, previous: str | None) -> list[dict[str, 
     return copy.deepcopy([step for turn in reversed(chain) for step in turn])
 
 
-def _outcome(plan: DecodePlan, hop: Hop, limit: int | None, fault: StatusFault | None) -> Outcome:
-    start = hop.start
+def _outcome(hop: Hop, limit: int | None, fault: StatusFault | None) -> Outcome:
+    """Where the hop ends and with which status: the decode limit, or an imposed status."""
+    plan, start = hop.plan, hop.start
     if fault is not None and fault.status in ("failed", "cancelled"):
         end, status = start, fault.status
     elif fault is not None and fault.status in ("incomplete", "budget_exceeded"):
@@ -243,7 +243,7 @@ async def create(state: EmulatorState, raw: Any) -> Response:
     limit = None if background else settings.decode_limit(body.get("model"))
     with state.lock:
         fault = state.take_status_fault()
-    outcome = _outcome(hop.plan, hop, limit, fault)
+    outcome = _outcome(hop, limit, fault)
     running = "in_progress" if background else None
     if fault is not None and fault.status in UNFINISHED_STATUSES:
         running = fault.status

@@ -31,6 +31,7 @@ from ._webhooks import schedule_webhooks
 __all__ = ["Outcome", "cancel", "finish", "finish_later", "start_later", "truncate_owner"]
 
 _TASKS: set[asyncio.Task[None]] = set()
+_POLL_SECONDS = 0.02
 
 
 @dataclass
@@ -63,10 +64,17 @@ def finish(state: EmulatorState, rec: StoredInteraction, outcome: Outcome, *, st
 async def finish_later(
     state: EmulatorState, rec: StoredInteraction, outcome: Outcome, *, stored: bool
 ) -> None:
-    """After ``background_seconds``, finish ``rec`` unless it was cancelled meanwhile."""
-    with state.lock:
-        seconds = state.settings.background_seconds
-    await asyncio.sleep(seconds)
+    """Finish ``rec`` once it has run ``background_seconds``, unless it was cancelled.
+
+    The setting is read while waiting, so lowering it finishes running interactions sooner."""
+    while True:
+        with state.lock:
+            if rec.status not in UNFINISHED_STATUSES:
+                return
+            left = rec.created + state.settings.background_seconds - time.time()
+        if left <= 0:
+            break
+        await asyncio.sleep(min(left, _POLL_SECONDS))
     with state.lock:
         if rec.status not in UNFINISHED_STATUSES:
             return

@@ -245,7 +245,10 @@ class Emulator(TurnControls):
     @property
     def background_seconds(self) -> float:
         """Seconds a running interaction takes to finish (until reset): a ``background`` one,
-        or one :meth:`next_status` left ``in_progress`` / ``queued`` / ``idle``."""
+        or one :meth:`next_status` left ``in_progress`` / ``queued`` / ``idle``.
+
+        Running interactions read it while they wait: set it high to hold them running, then
+        low (e.g. 0) to let them finish now."""
         return self._state.settings.background_seconds
 
     @background_seconds.setter
