@@ -279,7 +279,11 @@ class AsyncConversation:
     async def _in_flight(self, pending: PendingTurnRecord, policy: InFlight) -> None:
         """Another turn is in flight: finish it if its worker is gone, else apply the policy.
         Returns when a new attempt may begin."""
-        expired = pending.lease_expires_at <= utcnow()
+        orphaned = (
+            pending.lease_owner == self._owner.owner_id
+            and pending.idempotency_key in self._owner._orphaned
+        )
+        expired = orphaned or pending.lease_expires_at <= utcnow()
         if policy == "cancel" and pending.background and pending.interaction_id:
             try:
                 await self._client.cancel(pending.interaction_id)
@@ -290,6 +294,7 @@ class AsyncConversation:
         elif expired and await self._take_over(pending, wait=policy == "wait") is None:
             return
         if policy == "wait":
+            logger.info("conversation %s: conflict with the turn in flight; waiting", self.id)
             await asyncio.sleep(self._owner.poll_delay(1))
             return
         raise TurnInFlight(self.id, pending=pending)
@@ -308,6 +313,7 @@ class AsyncConversation:
         )
         if claimed is None:  # nothing in flight any more, or another worker holds it
             return await self._store.get_pending(self.id, tenant=self.tenant)
+        self._owner._orphaned.discard(claimed.idempotency_key)
         try:
             result = await AsyncTurnDriver(self).resolve(claimed, wait=wait)
         except InteractionFailed as exc:

@@ -27,6 +27,7 @@ from .._exceptions import (
     NotFoundError,
     StoreError,
     StreamError,
+    TurnInFlight,
 )
 from ..models import (
     LOST_STATUS,
@@ -72,9 +73,11 @@ class AsyncTurnDriver:
 
     @staticmethod
     def streamed(machine: lifecycle.TurnLifecycle) -> bool:
-        """Whether a unary send receives its answer as a stream: when the server keeps it
-        (there is an id worth recording early) and it is not a background turn."""
-        return machine.pending.store and not machine.pending.background
+        """Whether a unary send receives its answer as a stream: every turn but a background
+        one. The interaction id is then recorded as soon as the server names it, and the
+        lease is renewed while the answer arrives, so a long answer is never mistaken for a
+        dead worker's."""
+        return not machine.pending.background
 
     # ------------------------------------------------------------ the loop
 
@@ -84,6 +87,18 @@ class AsyncTurnDriver:
         """Perform effects until the turn is committed (the ``Turn``), handed back running
         (its ``PendingTurnRecord``: background, or ``wait=False``), or given up (raised; a
         lost turn returns None)."""
+        try:
+            return await self._drive(machine, effect, wait=wait)
+        except BaseException:
+            if machine.phase not in (lifecycle.Phase.PLANNED, *lifecycle.TERMINAL):
+                # left pending by a failure here (the store or the API went away): no call
+                # drives it any more, so this worker may take it over before its lease ends
+                self.owner._orphaned.add(machine.pending.idempotency_key)
+            raise
+
+    async def _drive(
+        self, machine: lifecycle.TurnLifecycle, effect: lifecycle.Effect, *, wait: bool
+    ) -> Turn | PendingTurnRecord | None:
         polls = 0
         deadline = time.monotonic() + self.owner.poll_timeout
         while True:
@@ -123,7 +138,12 @@ class AsyncTurnDriver:
         """Every effect but Send/Poll/Wait (which the unary and streaming paths do their
         own way). Returns (done, result) or (False, next effect)."""
         if isinstance(effect, lifecycle.Begin):
-            await self.store.begin_turn(effect.pending)
+            try:
+                await self.store.begin_turn(effect.pending)
+            except TurnInFlight as exc:
+                # a begin re-sent after its reply was lost finds itself: it did begin
+                if exc.pending.idempotency_key != effect.pending.idempotency_key:
+                    raise
             return False, machine.begun()
         if isinstance(effect, lifecycle.Replan):
             await self.store.release_pending(
@@ -214,6 +234,8 @@ class AsyncTurnDriver:
         """Every event of the answer, across continuation hops and resumed cuts; when it
         ends, the turn is committed (:attr:`turn`)."""
         resumes = 0
+        renew_every = self.owner.lease.total_seconds() / 3
+        last_write = time.monotonic()
         try:
             while True:
                 try:
@@ -235,13 +257,19 @@ class AsyncTurnDriver:
                     await api.aclose()
                     api, body = await self.open_stream(machine, resume)
                     continue
-                if isinstance(event, InteractionCreatedEvent) and machine.pending.store:
-                    interaction_id = event.interaction.id
-                    if interaction_id and interaction_id not in machine.pending.hop_ids:
-                        pending = machine.started(
-                            interaction_id, now=utcnow(), lease=self.owner.lease
-                        )
-                        await self.store.update_pending(pending, owner=self.owner.owner_id)
+                named = (
+                    event.interaction.id
+                    if isinstance(event, InteractionCreatedEvent) and machine.pending.store
+                    else None
+                )
+                if named and named not in machine.pending.hop_ids:
+                    pending = machine.started(named, now=utcnow(), lease=self.owner.lease)
+                    await self.store.update_pending(pending, owner=self.owner.owner_id)
+                    last_write = time.monotonic()
+                elif time.monotonic() - last_write > renew_every:
+                    pending = machine.renewed(now=utcnow(), lease=self.owner.lease)
+                    await self.store.update_pending(pending, owner=self.owner.owner_id)
+                    last_write = time.monotonic()
                 yield event
         finally:
             await api.aclose()

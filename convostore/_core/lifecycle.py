@@ -53,9 +53,11 @@ from ..models import (
 from . import audit, planner
 from .continuation import continuation_body, merge_hops
 
-DEFAULT_LEASE = timedelta(seconds=30)
-"""How long a worker holds a turn in flight before another may take it over. Renewed at every
-write of progress, so it bounds the time between two writes, not the turn."""
+DEFAULT_LEASE = timedelta(minutes=2)
+"""How long a worker holds a turn in flight before another may take it over: what a dead
+worker's conversation waits at most before the next send (or ``recover``) finishes its turn.
+Renewed at every write of progress and while an answer streams in, so it bounds the silence
+between two events of one answer, not the answer."""
 
 COMMITTED_STATUSES = frozenset({"completed", "requires_action", "incomplete", "budget_exceeded"})
 """Answers committed as they are (a partial answer keeps its status visible)."""
@@ -367,6 +369,15 @@ class TurnLifecycle:
         else:
             self.hops.append(partial)
         self.phase = Phase.CONTINUING
+
+    def renewed(self, *, now: datetime, lease: timedelta) -> PendingTurnRecord:
+        """The pending record with its lease extended (a long answer still arriving)."""
+        self._expect(Phase.PENDING, Phase.SENT, Phase.CONTINUING)
+        if not self.pending.background:
+            self.pending = self.pending.model_copy(
+                update={"lease_expires_at": now + lease, "updated_at": now}
+            )
+        return self.pending
 
     def abandoned(self, error: Exception | None = None) -> Release:
         """The caller left (or the stream broke) before the answer was complete: nothing is

@@ -281,7 +281,11 @@ class Conversation:
     def _in_flight(self, pending: PendingTurnRecord, policy: InFlight) -> None:
         """Another turn is in flight: finish it if its worker is gone, else apply the policy.
         Returns when a new attempt may begin."""
-        expired = pending.lease_expires_at <= utcnow()
+        orphaned = (
+            pending.lease_owner == self._owner.owner_id
+            and pending.idempotency_key in self._owner._orphaned
+        )
+        expired = orphaned or pending.lease_expires_at <= utcnow()
         if policy == "cancel" and pending.background and pending.interaction_id:
             try:
                 self._client.cancel(pending.interaction_id)
@@ -292,6 +296,7 @@ class Conversation:
         elif expired and self._take_over(pending, wait=policy == "wait") is None:
             return
         if policy == "wait":
+            logger.info("conversation %s: conflict with the turn in flight; waiting", self.id)
             time.sleep(self._owner.poll_delay(1))
             return
         raise TurnInFlight(self.id, pending=pending)
@@ -310,6 +315,7 @@ class Conversation:
         )
         if claimed is None:  # nothing in flight any more, or another worker holds it
             return self._store.get_pending(self.id, tenant=self.tenant)
+        self._owner._orphaned.discard(claimed.idempotency_key)
         try:
             result = TurnDriver(self).resolve(claimed, wait=wait)
         except InteractionFailed as exc:

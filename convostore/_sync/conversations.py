@@ -56,8 +56,9 @@ class Conversations:
         retention: how long the server keeps interactions, for ``auto``: one ``timedelta``,
             a mapping tenant -> ``timedelta``, or a function of the tenant (default 55 days).
         policy: a full :class:`~convostore._core.planner.Policy` instead of ``retention``.
-        lease: how long this worker holds a turn in flight without writing progress before
-            another worker may take it over (default 10 minutes: longer than a request).
+        lease: how long a turn in flight of this worker may go without a sign of life (an
+            event of its answer, a write of progress) before another worker takes it over
+            (default 2 minutes): the longest a dead worker's conversation stays blocked.
         poll_interval: the first pause between polls of an unfinished answer (doubling up to
             ``poll_interval * 16``).
         poll_timeout: how long ``send`` polls an unfinished answer before it raises
@@ -106,6 +107,9 @@ class Conversations:
         self.auto_continue = bool(auto_continue)
         self.webhook_uris = list(webhook_uris)
         self.webhook_secret = webhook_secret
+        self._orphaned: set[str] = set()
+        """Keys of turns in flight this worker stopped driving after a failure (a store or API
+        outage mid-turn): they may be taken over without waiting for their lease."""
         host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
         self.owner_id = check_id(
             worker_id or f"{host or 'host'}:{os.getpid()}:{uuid.uuid4().hex[:8]}", "worker_id"
