@@ -4,9 +4,12 @@ translation of redis-py errors both use. Keys and scripts are in ``convostore._r
 
 A turn in flight is one hash under the conversation's hash tag, written by scripts that check
 the conversation (begin) or the lease (update, claim, release); the append and delete scripts
-remove it. Its entries in the listing index are written after the begin script and removed
-after the script that deleted it; ``list_pending`` skips and removes those left behind (a
-crash, an expiry). The outbox is a hash and a sorted set under one hash tag.
+remove it. Its entries in the listing index are written after the begin script, and removed
+after a release or a delete; a commit (the append script) leaves its entry to the next begin
+on that conversation to remove, in the round trip that writes the new one, so a turn costs
+no extra round trip. ``list_pending`` skips and removes entries left behind (the last
+commit of a conversation, a crash, an expiry). The outbox is a hash and a sorted set under
+one hash tag.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class AsyncRedisPending:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for index in keys.pending_index_keys(self._prefix, tenant):
                         pipe.zadd(index, {member: 0})
+                        if len(status) > 1 and status[1]:  # the previous turn's entry
+                            pipe.zrem(index, status[1])
                     await pipe.execute()
                 return
         if status[0] == 0:
