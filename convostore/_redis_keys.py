@@ -18,8 +18,8 @@ Indexes (each in a slot of its own; written outside the scripts)::
     <prefix>pidx:t:<tenant>          a tenant's turns in flight
 
 The outbox is one hash of items (id -> JSON) and a sorted set of their ids by next attempt
-(score: microseconds since the epoch), both under the hash tag ``{outbox}`` so a MULTI or a
-script may touch the two on Redis Cluster::
+(score: microseconds since the epoch), both under the hash tag ``{outbox}`` so that one script
+writes the two, on Redis Cluster too::
 
     <prefix>{outbox}:items   <prefix>{outbox}:due
 
@@ -438,5 +438,23 @@ UPDATE_OUTBOX = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 1
+"""
+
+# KEYS: outbox items, outbox due.  ARGV: (id, item JSON, next attempt in us) for each item.
+ADD_OUTBOX = """
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
+end
+return 1
+"""
+
+# KEYS: outbox items, outbox due.  ARGV: ids.
+REMOVE_OUTBOX = """
+if #ARGV > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ARGV))
+  redis.call('ZREM', KEYS[2], unpack(ARGV))
+end
 return 1
 """
