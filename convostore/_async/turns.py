@@ -89,10 +89,13 @@ class AsyncTurnDriver:
         lost turn returns None)."""
         try:
             return await self._drive(machine, effect, wait=wait)
+        except ConcurrentTurnError:
+            raise  # a conflict (or another turn in flight): this turn wrote nothing
         except BaseException:
-            if machine.phase not in (lifecycle.Phase.PLANNED, *lifecycle.TERMINAL):
-                # left pending by a failure here (the store or the API went away): no call
-                # drives it any more, so this worker may take it over before its lease ends
+            if machine.phase not in lifecycle.TERMINAL:
+                # maybe left pending by a failure here (the store or the API went away, even
+                # mid-begin): no call drives it any more, so this worker may take it over
+                # before its lease ends
                 self.owner._orphaned.add(machine.pending.idempotency_key)
             raise
 
