@@ -21,7 +21,7 @@ Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
 Usage::
 
     python scripts/soak.py                 # the test suite's size: 4 x 15 turns, 3 kills,
-                                           # 20 durable kills per store
+                                           # 21 durable kills per store
     python scripts/soak.py --full          # 8 processes x 50 turns, 50 kills, 120 durable kills
     python scripts/soak.py --full --stores sqlite,redis --seed 7
 
@@ -388,7 +388,11 @@ POINTS: dict[str, tuple[str, ...]] = {
         "in_commit",
     ),
 }
-STALLS: tuple[tuple[str, str], ...] = (("send", "before_post"), ("send", "before_commit"))
+STALLS: tuple[tuple[str, str], ...] = (
+    ("send", "before_post"),
+    ("send", "before_commit"),
+    ("stream", "mid_stream"),
+)
 """Plans whose worker stalls at the point instead of dying, and comes back once its turn was
 taken over (a late original racing a recoverer)."""
 IN_FLIGHT_DELAY = 0.3
@@ -745,7 +749,9 @@ def _recover_all(
                 out.write(f"ACK {turn.seq} {turn.interaction_id} {turn.record.idempotency_key}\n")
             figures.taken_over_by_send += 1
             if turn.seq != before + 1:
-                figures.problems.append(f"{run.conv_id}: the next send did not finish the dead turn")
+                figures.problems.append(
+                    f"{run.conv_id}: the next send did not finish the dead turn"
+                )
         reports = [first.recover(tenant=tenant)]
         for run in runs:
             if run.plan["stall"]:
@@ -786,9 +792,7 @@ def _check_durable(
             problems.extend(f"{run.conv_id}: {p}" for p in _transfer.verify(store, record))
             turns = store.load_turns(run.conv_id, tenant=tenant)
             steps = store.load_steps(run.conv_id, tenant=tenant)
-            texts = [
-                s.payload["content"][0]["text"] for s in steps if s.type == "user_input"
-            ]
+            texts = [s.payload["content"][0]["text"] for s in steps if s.type == "user_input"]
             figures.duplicated += len(texts) - len(set(texts))
             keys.extend(t.idempotency_key or "" for t in turns)
             by_seq = {t.seq: t for t in turns}
@@ -841,9 +845,7 @@ def _check_durable(
         for iid, view in emulator.interactions.items()
         if _last_text(view["input_steps"], tag)
     }
-    deleted = {
-        r.path.rsplit("/", 1)[1] for r in requests if r.method == "DELETE"
-    } - set(held)
+    deleted = {r.path.rsplit("/", 1)[1] for r in requests if r.method == "DELETE"} - set(held)
     figures.created = len(created)
     figures.deleted = len(deleted)
     for iid in held:
@@ -860,8 +862,7 @@ def _check_durable(
     if figures.created != len(held) + figures.deleted:
         figures.unaccounted = figures.created - len(held) - figures.deleted
         problems.append(
-            f"{figures.created} interactions created, {len(held)} held + "
-            f"{figures.deleted} deleted"
+            f"{figures.created} interactions created, {len(held)} held + {figures.deleted} deleted"
         )
     missing = committed - set(held)
     if missing:
@@ -888,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = args.processes or (8 if args.full else 4)
     turns = args.turns or (50 if args.full else 15)
     kills = args.kills or (50 if args.full else 3)
-    durable_kills = args.durable_kills or (120 if args.full else 20)
+    durable_kills = args.durable_kills or (120 if args.full else 21)
     runs = args.runs.split(",")
     from convostore.emulator import Emulator
 
