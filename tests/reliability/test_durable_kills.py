@@ -9,8 +9,8 @@ answer whose id was recorded adopted, every store verifies, and every interactio
 created is accounted for (a committed turn's, deleted, or one of the counted buckets: created
 for a request whose worker died before the id reached it, id received but not yet recorded).
 
-CI size: 21 kills per store (every lifecycle point at least once, 3 of them late originals). Full size (120 per store):
-``python scripts/soak.py --full --runs durable``.
+CI size: 21 kills per store (every lifecycle point at least once, 3 of them late originals).
+Full size (120 per store): ``python scripts/soak.py --full --runs durable``.
 """
 
 from __future__ import annotations
