@@ -21,7 +21,7 @@ Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
 Usage::
 
     python scripts/soak.py                 # the test suite's size: 4 x 15 turns, 3 kills,
-                                           # 21 durable kills per store
+                                           # 23 durable kills per store
     python scripts/soak.py --full          # 8 processes x 50 turns, 50 kills, 120 durable kills
     python scripts/soak.py --full --stores sqlite,redis --seed 7
 
@@ -392,6 +392,8 @@ STALLS: tuple[tuple[str, str], ...] = (
     ("send", "before_post"),
     ("send", "before_commit"),
     ("stream", "mid_stream"),
+    ("background", "after_ack"),
+    ("background", "before_commit"),
 )
 """Plans whose worker stalls at the point instead of dying, and comes back once its turn was
 taken over (a late original racing a recoverer)."""
@@ -584,10 +586,12 @@ def durable_plans(kills: int, seed: int) -> list[dict[str, Any]]:
     when there is room, in a seeded order."""
     rng = random.Random(seed)
     combos = [(how, point, False) for how, points in POINTS.items() for point in points]
+    # the late originals: each stall once from one full round of the combos on, more in
+    # longer runs (one in every ~8 plans)
     stalls = [(how, point, True) for how, point in STALLS]
     chosen: list[tuple[str, str, bool]] = []
     if kills >= len(combos) + len(stalls):
-        chosen += stalls
+        chosen += stalls * max(1, kills // (8 * len(stalls)))
     while len(chosen) < kills:
         chosen += rng.sample(combos, min(len(combos), kills - len(chosen)))
     rng.shuffle(chosen)
@@ -889,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = args.processes or (8 if args.full else 4)
     turns = args.turns or (50 if args.full else 15)
     kills = args.kills or (50 if args.full else 3)
-    durable_kills = args.durable_kills or (120 if args.full else 21)
+    durable_kills = args.durable_kills or (120 if args.full else 23)
     runs = args.runs.split(",")
     from convostore.emulator import Emulator
 

@@ -9,7 +9,7 @@ answer whose id was recorded adopted, every store verifies, and every interactio
 created is accounted for (a committed turn's, deleted, or one of the counted buckets: created
 for a request whose worker died before the id reached it, id received but not yet recorded).
 
-CI size: 21 kills per store (every lifecycle point at least once, 3 of them late originals).
+CI size: 23 kills per store (every lifecycle point at least once, 5 of them late originals).
 Full size (120 per store): ``python scripts/soak.py --full --runs durable``.
 """
 
@@ -24,7 +24,7 @@ from convostore.emulator import Emulator
 
 pytestmark = pytest.mark.reliability
 
-KILLS = 21
+KILLS = 23
 SEED = 20261203
 
 
