@@ -150,7 +150,8 @@ def _durable(env: Env, store: Any, sizes: Sizes) -> list[Row]:
 
     durable_turn(0)  # warm-up: the statements of the pending record are built once
     old_turn(0)
-    begins.clear(), updates.clear(), appends.clear(), totals.clear(), olds.clear()
+    for samples in (begins, updates, appends, totals, olds):
+        samples.clear()
     gc.collect()
     for n in range(1, sizes.durable_turns + 1):
         if n % 2:

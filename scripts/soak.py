@@ -397,7 +397,7 @@ STALLS: tuple[tuple[str, str], ...] = (
 )
 """Plans whose worker stalls at the point instead of dying, and comes back once its turn was
 taken over (a late original racing a recoverer)."""
-IN_FLIGHT_DELAY = 0.3
+IN_FLIGHT_DELAY = 0.5
 PARALLEL = 4
 DURABLE_LEASE = 1.0
 
@@ -425,7 +425,7 @@ def _worker_durable(
     rng = random.Random(plan["seed"])
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     point, stall, how = plan["point"], plan["stall"], plan["how"]
-    state = {"armed": False, "appends": [0.002]}
+    state: dict[str, Any] = {"armed": False, "appends": [0.002]}
 
     def log(*parts: object) -> None:
         os.write(fd, (" ".join(str(p) for p in parts) + "\n").encode())
@@ -683,7 +683,7 @@ def run_durable_kills(
             if isinstance(r.body, dict)
         ):
             _check_alive(run, deadline)
-        time.sleep(rng.uniform(0.0, IN_FLIGHT_DELAY * 0.8))
+        time.sleep(rng.uniform(0.0, IN_FLIGHT_DELAY * 0.6))
         os.kill(run.proc.pid, signal.SIGKILL)
         _join_killed(run, figures)
     for start in range(0, len(others), PARALLEL):
@@ -766,14 +766,15 @@ def _recover_all(
                 run.proc.join(timeout=60)
                 if run.proc.exitcode != 0:
                     figures.problems.append(f"late original exited {run.proc.exitcode}")
-        for _ in range(50):
-            reports.append(first.recover(tenant=tenant))
-            if not reports[-1].running and not reports[-1].busy:
+        for _ in range(50):  # until a pass finds nothing left to do
+            last = first.recover(tenant=tenant)
+            reports.append(last)
+            if not (last.adopted or last.lost or last.failed or last.running or last.busy):
                 break
             time.sleep(0.1)
         figures.adopted = sum(len(r.adopted) for r in reports)
-        if reports[-1].adopted or reports[-1].lost or reports[-1].running:
-            figures.problems.append(f"the last recover still found work: {reports[-1]}")
+        if reports[-1].running or reports[-1].busy:
+            figures.problems.append(f"turns still running after recovery: {reports[-1]}")
         if first.store.list_pending(tenant=tenant):
             figures.problems.append("turns still pending after recovery")
 

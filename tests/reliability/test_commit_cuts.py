@@ -130,7 +130,8 @@ def proxied(
 ) -> Iterator[tuple[str, CommitCutter]]:
     """A store URL whose connections go through a ``CommitCutter``."""
     url = make_url(make_store_url(request.param))
-    cutter = CommitCutter(url.host or "127.0.0.1", url.port or url.get_dialect().default_port)
+    default_port = 5432 if request.param == "postgresql" else 3306
+    cutter = CommitCutter(url.host or "127.0.0.1", url.port or default_port)
     through = url.set(host="127.0.0.1", port=cutter.port)
     if request.param == "postgresql":
         through = through.update_query_dict({"sslmode": "disable"})  # COMMIT stays readable
