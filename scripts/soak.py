@@ -467,6 +467,13 @@ def _worker_durable(
                 log("WAIT")  # the parent slows the server down, then lets the request go
                 _wait_for_file(log_path + ".go")
                 log("POST")
+                # the parent kills at a random moment of the server's delay; should it be
+                # late (a loaded machine), this one lands before the delay is over
+                watchdog = threading.Timer(
+                    plan["in_flight_delay"] * 0.9, os.kill, (os.getpid(), signal.SIGKILL)
+                )
+                watchdog.daemon = True
+                watchdog.start()
             hit("before_post")
 
         def create_checked(body: Any) -> Any:
@@ -603,6 +610,7 @@ def durable_plans(kills: int, seed: int) -> list[dict[str, Any]]:
             "warm": rng.randrange(3),
             "seed": rng.randrange(1 << 30),
             "lease": DURABLE_LEASE,
+            "in_flight_delay": IN_FLIGHT_DELAY,
         }
         for how, point, stall in chosen
     ]
@@ -682,9 +690,12 @@ def run_durable_kills(
             for r in emulator.requests[seen:]
             if isinstance(r.body, dict)
         ):
+            if not run.proc.is_alive() and b"POST" in run.log.read_bytes():
+                break  # its watchdog killed it before this loop saw the request
             _check_alive(run, deadline)
         time.sleep(rng.uniform(0.0, IN_FLIGHT_DELAY * 0.6))
-        os.kill(run.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # its own watchdog was first
+            os.kill(run.proc.pid, signal.SIGKILL)
         _join_killed(run, figures)
     for start in range(0, len(others), PARALLEL):
         batch = others[start : start + PARALLEL]
