@@ -4,7 +4,9 @@ Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
 
 - ``concurrency``: N worker processes send M turns each to ONE server-mode conversation with
   ``on_conflict="retry"``. Afterwards exactly N*M turns are stored, no step is lost or
-  duplicated, the chain is linear, and the emulator's own stored chain agrees.
+  duplicated, the chain is linear, and the emulator's own stored chain agrees. A turn begins
+  only when none is in flight, so a worker that finds one waits (``conflicts`` counts those
+  refused begins) and no request is wasted.
 - ``kill``: a worker process sending turns (unary and streamed, in random order) is killed
   with SIGKILL at a random moment, R times in a row on one conversation. Afterwards the store
   verifies (contiguous seqs, counts and versions consistent, every turn complete, a linear
@@ -90,14 +92,28 @@ def _worker_concurrent(
     log = logging.getLogger("convostore.conversation")
     log.setLevel(logging.INFO)
     log.addHandler(counter)
+    refused = [0]
     with (
         cs.InteractionsClient(api_key=KEY, base_url=base_url) as client,
         cs.Conversations(store_url, client) as convos,
     ):
+        store: Any = convos.store
+        real_begin = store.begin_turn
+
+        def begin_turn(pending: Any) -> None:
+            try:
+                real_begin(pending)
+            except cs.ConcurrentTurnError:  # another turn in flight, or one just committed
+                refused[0] += 1
+                raise
+
+        store.begin_turn = begin_turn
         conv = convos.get(conv_id, tenant=TENANT)
         for i in range(turns):
             conv.send(f"{tag} turn {i}", on_conflict="retry", max_conflict_retries=10_000)
-    Path(result_path).write_text(json.dumps({"sent": turns, "retries": counter.count}))
+    Path(result_path).write_text(
+        json.dumps({"sent": turns, "retries": counter.count, "refused": refused[0]})
+    )
 
 
 def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int, ack_path: str) -> None:
@@ -270,7 +286,7 @@ def run_concurrency(
             report = json.loads(path.read_text())
             figures.turns_sent += report["sent"]
             figures.retries += report["retries"]
-    figures.conflicts = figures.retries
+            figures.conflicts += report["refused"]
     problems, stored = check_conversation(store_url, conv_id)
     expected = processes * turns
     if len(stored) != expected:
