@@ -75,8 +75,7 @@ def layout(
             "</form></div>"
         )
     footer = (
-        f"<footer>Read-only view of <code>{e(store_url)}</code> · every read is logged"
-        "</footer>"
+        f"<footer>Read-only view of <code>{e(store_url)}</code> · every read is logged</footer>"
         if store_url and principal is not None
         else ""
     )
