@@ -787,3 +787,41 @@ def test_serve_command_serves_with_a_token(tmp_path: Path, emulator_server: Any)
     assert "read-only" in err and ACME_TOKEN not in out + err
     assert "Traceback" not in err
     assert [e["action"] for e in log_entries(log)] == ["open"]
+
+
+def test_a_long_conversation_is_verified_in_the_background(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "long.db")
+    store = cs.open_store(url)
+    record, turns, steps = imported_conversation("long", tenant="acme", turns=1001, statuses={})
+    store.create_conversation(record, turns=turns, steps=steps)
+    with TestClient(make_app(store, tmp_path / "log")) as client:
+        first = client.get(conv("acme", "long"), headers=bearer(ACME_TOKEN)).text
+        assert "Verifying…" in first and "2,002 steps" in first
+        assert '<meta http-equiv="refresh" content="2">' in first
+        assert 'id="turn-25"' in first  # the transcript does not wait for it
+        for _ in range(200):
+            page = client.get(conv("acme", "long"), headers=bearer(ACME_TOKEN)).text
+            if "Verifying…" not in page:
+                break
+            time.sleep(0.05)
+        assert "Verified intact" in page and "http-equiv" not in page
+    # a change beneath the store is found once the result is older than max_age
+    tamper_step(url, "long", 2001, "altered")
+    reader = ReadOnlyStore(cs.open_store(url))
+    checks = q.Verifications(reader, inline_steps=10, max_age=0)
+    try:
+        listed = reader.get_listed("long", tenant="acme")
+        assert checks.check(listed) == (None, True)
+        for _ in range(200):
+            result, running = checks.check(listed)
+            if result is not None:
+                break
+            time.sleep(0.05)
+        assert result is not None and result.first_bad_seq == 1001
+        assert running  # max_age=0: every look starts a new check, showing the last verdict
+        small = q.Verifications(reader, inline_steps=5000)
+        verdict, running = small.check(listed)
+        assert verdict is not None and not verdict.intact and not running
+    finally:
+        checks.close()
+        reader.close()

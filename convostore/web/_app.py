@@ -115,6 +115,7 @@ class _Web:
     sessions: Sessions
     anonymous: Principal | None
     runs: q.VerifyRuns
+    verifications: q.Verifications
 
     # ------------------------------------------------------------------ who is asking
 
@@ -316,7 +317,7 @@ def _routes(web: _Web) -> list[Route]:
         except ValueError:
             raise ValidationError("after must be a turn number") from None
         record, error = full(listed)
-        verification = q.verify(web.reader, listed)
+        verification, verifying = web.verifications.check(listed)
         turns: list[tuple[TurnRecord, list[StoredStep]]] = []
         if error is None:
             try:
@@ -330,6 +331,7 @@ def _routes(web: _Web) -> list[Route]:
             principal,
             record,
             verification=verification,
+            verifying=verifying,
             retention=q.retention(record),
             parent=q.forked_from(record),
             turns=turns,
@@ -535,6 +537,7 @@ def create_app(
         sessions=sessions or Sessions(),
         anonymous=Principal("local", all_tenants=True) if no_auth else None,
         runs=q.VerifyRuns(reader),
+        verifications=q.Verifications(reader),
     )
 
     def refused(request: Request, exc: Exception) -> Response:
@@ -557,6 +560,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        web.verifications.close()
         reader.close()
 
     app = Starlette(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +31,7 @@ __all__ = [
     "ForkTree",
     "ScanPage",
     "Verification",
+    "Verifications",
     "VerifyRuns",
     "fork_tree",
     "retention",
@@ -198,6 +201,67 @@ def verify(reader: ReadOnlyStore, record: ConversationRecord) -> Verification:
     except StoreError as exc:
         problems = [f"cannot be read: {exc}"]
     return Verification(problems, datetime.now(UTC))
+
+
+@dataclass
+class _Cached:
+    state: tuple[object, ...]
+    result: Verification | None = None
+    at: float = 0.0
+    running: Future[Verification] | None = None
+
+
+class Verifications:
+    """Per-conversation verification for the transcript page.
+
+    A conversation of up to ``inline_steps`` steps is verified on every request. A longer one
+    costs more than a page may take (10,000 steps take about 1.5 s), so it is verified in a
+    worker thread: the page shows the result once it is there (and while it is at most
+    ``max_age`` seconds old and the conversation has not changed), else the previous result,
+    if any, marked as being checked again.
+    """
+
+    def __init__(
+        self, reader: ReadOnlyStore, *, inline_steps: int = 2000, max_age: float = 60.0
+    ) -> None:
+        self._reader = reader
+        self.inline_steps = inline_steps
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], _Cached] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convostore-verify")
+
+    def check(self, record: ConversationRecord) -> tuple[Verification | None, bool]:
+        """``(result to show, whether a verification is still running)``."""
+        if record.step_count <= self.inline_steps:
+            return verify(self._reader, record), False
+        key = (record.tenant, record.id)
+        state = (
+            record.version,
+            record.turn_count,
+            record.step_count,
+            record.last_turn_hash,
+            record.updated_at,
+        )
+        now = time.monotonic()
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or entry.state != state:
+                entry = self._cache[key] = _Cached(state)
+            if entry.result is not None and now - entry.at <= self.max_age:
+                return entry.result, False
+            if entry.running is None:
+                entry.running = self._pool.submit(self._verify, entry, record)
+            return entry.result, True
+
+    def _verify(self, entry: _Cached, record: ConversationRecord) -> Verification:
+        result = verify(self._reader, record)
+        with self._lock:
+            entry.result, entry.at, entry.running = result, time.monotonic(), None
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass

@@ -60,6 +60,7 @@ def layout(
     principal: Principal | None,
     store_url: str | None = None,
     wide: bool = False,
+    refresh: int | None = None,
 ) -> str:
     nav = ""
     who = ""
@@ -82,7 +83,8 @@ def layout(
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{e(title)} · convostore audit</title>"
+        + (f'<meta http-equiv="refresh" content="{refresh}">' if refresh else "")
+        + f"<title>{e(title)} · convostore audit</title>"
         '<link rel="stylesheet" href="/static/style.css"></head><body>'
         '<header class="bar"><a class="brand" href="/">convostore <span>audit</span></a>'
         f"<nav>{nav}</nav>{who}</header>"
@@ -312,7 +314,20 @@ def turn_html(turn: TurnRecord, steps: Sequence[StoredStep], *, bad_seq: int | N
     )
 
 
-def verification_badge(result: Verification) -> str:
+def verification_badge(result: Verification | None, *, verifying: int | None = None) -> str:
+    """The verdict; ``verifying``: the step count of a verification still running (the page
+    then reloads itself, with ``result`` the previous verdict, if any)."""
+    if verifying is not None:
+        before = ""
+        if result is not None:
+            verdict = "intact" if result.intact else "failed"
+            before = f" (last check, {e(when(result.checked_at))}: {verdict})"
+        return (
+            '<div class="verdict pending" id="verification"><strong>Verifying…</strong>'
+            f"<span>{verifying:,} steps are being checked; this page reloads until the "
+            f"verdict is in{before}</span></div>"
+        )
+    assert result is not None
     if result.intact:
         return (
             '<div class="verdict ok" id="verification"><strong>✓ Verified intact</strong>'
@@ -368,7 +383,8 @@ def transcript_page(
     principal: Principal,
     record: ConversationRecord,
     *,
-    verification: Verification,
+    verification: Verification | None,
+    verifying: bool = False,
     retention: tuple[str, bool],
     parent: tuple[str, int | None] | None,
     turns: Iterable[tuple[TurnRecord, list[StoredStep]]],
@@ -382,8 +398,9 @@ def transcript_page(
         f'<div class="actions"><a class="button" href="{e(base)}/export">Export JSON Lines</a>'
         f'<a class="button" href="{e(base)}/case">Case file</a></div>'
     )
-    bad = verification.first_bad_seq if not verification.intact else None
-    step_bad = bool(verification.problems) and verification.problems[0].startswith("step")
+    shown = None if verifying else verification
+    bad = shown.first_bad_seq if shown is not None and not shown.intact else None
+    step_bad = shown is not None and bool(shown.problems) and shown.problems[0].startswith("step")
     body_turns = (
         f'<div class="alert bad">{e(error)}</div>'
         if error
@@ -396,11 +413,14 @@ def transcript_page(
         pager.append(f'<a class="button" href="{e(base)}?after={next_after}">Later turns →</a>')
     body = (
         f'<div class="pagehead"><h1 class="mono">{e(record.id)}</h1>{actions}</div>'
-        f"{verification_badge(verification)}{_origin(record, parent)}"
+        f"{verification_badge(verification, verifying=record.step_count if verifying else None)}"
+        f"{_origin(record, parent)}"
         f'<div class="card">{_facts(record, retention)}</div>'
         f'<div class="transcript">{body_turns}</div><div class="pager">{"".join(pager)}</div>'
     )
-    return layout(record.id, body, principal=principal, store_url=store_url)
+    return layout(
+        record.id, body, principal=principal, store_url=store_url, refresh=2 if verifying else None
+    )
 
 
 def case_file_page(
