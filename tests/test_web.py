@@ -825,3 +825,29 @@ def test_a_long_conversation_is_verified_in_the_background(tmp_path: Path) -> No
     finally:
         checks.close()
         reader.close()
+
+
+def test_the_web_benchmark_runs_end_to_end() -> None:
+    """benchmarks/web.py at a tiny size (its figures are not checked here)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/web.py",
+            "--conversations",
+            "300",
+            "--long-turns",
+            "40",
+            "--only",
+            "sqlite",
+            "--repeat",
+            "1",
+        ],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| sqlite | list, first page (all tenants) |" in done.stdout
+    assert "| sqlite | transcript of 80 steps, first page |" in done.stdout
+    assert "1 walked" in done.stdout

@@ -18,7 +18,17 @@ from ..cli._common import describe_step
 from ..models import ConversationRecord, StoredStep, TurnRecord
 from ._access_log import Entry
 from ._auth import Principal
-from ._queries import FLAGS, Filters, ForkNode, ForkTree, Row, ScanPage, Verification, VerifyRun
+from ._queries import (
+    FLAGS,
+    Filters,
+    ForkNode,
+    ForkTree,
+    Row,
+    ScanPage,
+    Verification,
+    VerifyRun,
+    forked_from,
+)
 
 __all__ = [
     "access_log_page",
@@ -259,7 +269,7 @@ def _json_block(payload: dict[str, Any]) -> str:
     return f"<pre>{e(text)}</pre>"
 
 
-def step_html(step: StoredStep) -> str:
+def step_html(step: StoredStep, *, expanded: bool = False) -> str:
     payload = step.payload
     label, line = describe_step(payload)
     kind = str(payload.get("type"))
@@ -275,7 +285,8 @@ def step_html(step: StoredStep) -> str:
         )
     css = {"thought": "thought", "call": "call", "result": "result"}.get(label, "other")
     return (
-        f'<details class="step {css}"><summary>{seq}<span class="who">{e(label)}</span>'
+        f'<details class="step {css}"{" open" if expanded else ""}><summary>{seq}'
+        f'<span class="who">{e(label)}</span>'
         f"{e(line)}</summary>{_json_block(payload)}</details>"
     )
 
@@ -293,7 +304,13 @@ def _usage(usage: dict[str, Any] | None) -> str:
     return f'<span title="{e(detail)}">{e(head)}</span>'
 
 
-def turn_html(turn: TurnRecord, steps: Sequence[StoredStep], *, bad_seq: int | None) -> str:
+def turn_html(
+    turn: TurnRecord,
+    steps: Sequence[StoredStep],
+    *,
+    bad_seq: int | None,
+    expanded: bool = False,
+) -> str:
     status_css = "ok" if turn.status in ("completed", "requires_action") else "bad"
     interaction = turn.interaction_id or "no interaction id"
     flagged = " flagged" if bad_seq is not None and turn.seq == bad_seq else ""
@@ -310,7 +327,7 @@ def turn_html(turn: TurnRecord, steps: Sequence[StoredStep], *, bad_seq: int | N
     return (
         f'<section class="turn{flagged}" id="turn-{turn.seq}"><div class="turnhead">'
         f"<strong>Turn {turn.seq}</strong>{''.join(meta)}</div>"
-        f"{''.join(step_html(s) for s in steps)}</section>"
+        f"{''.join(step_html(s, expanded=expanded) for s in steps)}</section>"
     )
 
 
@@ -344,7 +361,9 @@ def verification_badge(result: Verification | None, *, verifying: int | None = N
     )
 
 
-def _facts(record: ConversationRecord, retention: tuple[str, bool]) -> str:
+def _facts(
+    record: ConversationRecord, retention: tuple[str, bool], *, expanded: bool = False
+) -> str:
     rows = [
         ("Tenant", record.tenant),
         ("User", record.user or "—"),
@@ -361,7 +380,8 @@ def _facts(record: ConversationRecord, retention: tuple[str, bool]) -> str:
     settings = ""
     if record.config:
         settings = (
-            "<details class='settings'><summary>Settings re-sent on every turn</summary>"
+            f"<details class='settings'{' open' if expanded else ''}>"
+            "<summary>Settings re-sent on every turn</summary>"
             f"{_json_block(record.config)}</details>"
         )
     return f'<dl class="facts">{cells}</dl>{settings}'
@@ -438,15 +458,23 @@ def case_file_page(
     transcript = (
         f'<div class="alert bad">{e(error)}</div>'
         if error
-        else "".join(turn_html(t, s, bad_seq=bad) for t, s in turns)
+        else "".join(turn_html(t, s, bad_seq=bad, expanded=True) for t, s in turns)
+    )
+    parent = forked_from(record)
+    origin = (
+        f"<p>Forked from <span class='mono'>{e(parent[0])}</span>"
+        + (f" at turn {parent[1]}" if parent[1] is not None else "")
+        + "</p>"
+        if parent
+        else ""
     )
     body = (
         '<article class="casefile"><header><h1>Case file</h1>'
         f'<p class="mono">{e(record.id)}</p>'
-        f"<p>Prepared {e(when(exported_at))} by {e(principal.name)} from "
-        f"<code>{e(store_url)}</code></p></header>"
+        f"<p>Exported {e(when(exported_at))} by {e(principal.name)} from "
+        f"<code>{e(store_url)}</code></p>{origin}</header>"
         f"{verification_badge(verification)}"
-        f'<div class="card">{_facts(record, retention)}</div>'
+        f'<div class="card">{_facts(record, retention, expanded=True)}</div>'
         f'<div class="transcript">{transcript}</div>'
         '<p class="print-hint">Print this page (Ctrl+P) to file it.</p></article>'
     )
