@@ -222,9 +222,15 @@ class Verifications:
     """
 
     def __init__(
-        self, reader: ReadOnlyStore, *, inline_steps: int = 2000, max_age: float = 60.0
+        self,
+        reader: ReadOnlyStore,
+        *,
+        inline_steps: int = 2000,
+        max_age: float = 60.0,
+        keep: int = 1000,
     ) -> None:
         self._reader = reader
+        self.keep = keep
         self.inline_steps = inline_steps
         self.max_age = max_age
         self._lock = threading.Lock()
@@ -245,9 +251,12 @@ class Verifications:
         )
         now = time.monotonic()
         with self._lock:
-            entry = self._cache.get(key)
+            entry = self._cache.pop(key, None)
             if entry is None or entry.state != state:
-                entry = self._cache[key] = _Cached(state)
+                entry = _Cached(state)
+            self._cache[key] = entry  # most recently used last
+            while len(self._cache) > self.keep:
+                del self._cache[next(iter(self._cache))]
             if entry.result is not None and now - entry.at <= self.max_age:
                 return entry.result, False
             if entry.running is None:
@@ -273,7 +282,8 @@ class VerifyRun:
     checked: int = 0
     intact: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
-    """(tenant, conversation id, first problem) of each conversation that did not verify."""
+    """(tenant, conversation id, first problem) of the first 1,000 conversations that did not
+    verify (``checked - intact`` counts them all)."""
     error: str | None = None
 
 
@@ -329,7 +339,7 @@ class VerifyRuns:
                     run.checked += 1
                     if result.intact:
                         run.intact += 1
-                    else:
+                    elif len(run.failures) < 1000:
                         run.failures.append((record.tenant, record.id, result.problems[0]))
         except StoreError as exc:
             run.error = str(exc)

@@ -296,12 +296,12 @@ def _usage(usage: dict[str, Any] | None) -> str:
         return "no usage"
     total = usage.get("total_tokens")
     head = f"{total:,} tokens" if isinstance(total, int) else "usage"
-    detail = ", ".join(
+    detail = " · ".join(
         f"{k.removesuffix('_tokens').replace('total_', '')} {v:,}"
         for k, v in sorted(usage.items())
         if isinstance(v, int) and k != "total_tokens"
     )
-    return f'<span title="{e(detail)}">{e(head)}</span>'
+    return f"<span>{e(head)}{f' ({e(detail)})' if detail else ''}</span>"
 
 
 def turn_html(
@@ -331,9 +331,12 @@ def turn_html(
     )
 
 
-def verification_badge(result: Verification | None, *, verifying: int | None = None) -> str:
+def verification_badge(
+    result: Verification | None, *, verifying: int | None = None, base: str | None = None
+) -> str:
     """The verdict; ``verifying``: the step count of a verification still running (the page
-    then reloads itself, with ``result`` the previous verdict, if any)."""
+    then reloads itself, with ``result`` the previous verdict, if any); ``base``: the
+    transcript's URL, to link the first bad turn."""
     if verifying is not None:
         before = ""
         if result is not None:
@@ -355,9 +358,14 @@ def verification_badge(result: Verification | None, *, verifying: int | None = N
     if "step" in result.problems[0].split(":")[0] and result.first_bad_seq:
         where = f" at step {result.first_bad_seq}"
     items = "".join(f"<li>{e(p)}</li>" for p in result.problems)
+    link = ""
+    if base is not None and where.startswith(" at turn"):
+        seq = result.first_bad_seq or 1
+        link = f' <a href="{e(base)}?after={seq - 1}#turn-{seq}">show turn {seq}</a>'
     return (
         f'<div class="verdict bad" id="verification"><strong>✗ Verification failed{e(where)}'
-        f"</strong><span>checked {e(when(result.checked_at))}</span><ul>{items}</ul></div>"
+        f"</strong><span>checked {e(when(result.checked_at))}{link}</span><ul>{items}</ul>"
+        "</div>"
     )
 
 
@@ -433,8 +441,10 @@ def transcript_page(
         pager.append(f'<a class="button" href="{e(base)}?after={next_after}">Later turns →</a>')
     body = (
         f'<div class="pagehead"><h1 class="mono">{e(record.id)}</h1>{actions}</div>'
-        f"{verification_badge(verification, verifying=record.step_count if verifying else None)}"
-        f"{_origin(record, parent)}"
+        + verification_badge(
+            verification, verifying=record.step_count if verifying else None, base=base
+        )
+        + f"{_origin(record, parent)}"
         f'<div class="card">{_facts(record, retention)}</div>'
         f'<div class="transcript">{body_turns}</div><div class="pager">{"".join(pager)}</div>'
     )
@@ -547,9 +557,12 @@ def verify_page(principal: Principal, run: VerifyRun | None, *, store_url: str) 
         items = "".join(
             f'<tr><td>{e(t)}</td><td><a class="mono" href="{e(conversation_url(t, c))}">'
             f"{e(c)}</a></td><td>{e(p)}</td></tr>"
-            for t, c, p in run.failures[:500]
+            for t, c, p in run.failures
         )
+        bad = run.checked - run.intact
+        shown = f" (the first {len(run.failures):,} listed)" if bad > len(run.failures) else ""
         failures = (
+            f"<h2>{bad:,} did not verify{shown}</h2>"
             '<table class="list"><thead><tr><th>Tenant</th><th>Conversation</th>'
             f"<th>First problem</th></tr></thead><tbody>{items}</tbody></table>"
         )
