@@ -812,13 +812,15 @@ def test_a_long_conversation_is_verified_in_the_background(tmp_path: Path) -> No
     try:
         listed = reader.get_listed("long", tenant="acme")
         assert checks.check(listed) == (None, True)
+        checks.start(listed)
+        checks.start(listed)  # one at a time
         for _ in range(200):
             result, running = checks.check(listed)
             if result is not None:
                 break
             time.sleep(0.05)
         assert result is not None and result.first_bad_seq == 1001
-        assert running  # max_age=0: every look starts a new check, showing the last verdict
+        assert running  # max_age=0: every look asks for a new check, showing the last verdict
         small = q.Verifications(reader, inline_steps=5000)
         verdict, running = small.check(listed)
         assert verdict is not None and not verdict.intact and not running

@@ -12,9 +12,10 @@ Layout: ``_auth`` (tokens and sessions), ``_reader`` (the read-only facade), ``_
 from __future__ import annotations
 
 from ._access_log import AccessLog
-from ._app import COOKIE, check_bind, create_app
+from ._app import COOKIE, create_app
 from ._auth import Principal, Sessions, Tokens
 from ._reader import ReadOnlyStore
+from ._security import check_bind
 
 __all__ = [
     "COOKIE",

@@ -10,7 +10,6 @@ functions over the sync store).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,12 +20,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _transfer as transfer
 from .._exceptions import (
@@ -40,71 +38,17 @@ from .._sync.store import Store
 from ..models import MODES, ConversationRecord, StoredStep, TurnRecord, check_id
 from . import _queries as q
 from . import _render as render
+from . import _transcript as transcript_html
 from ._access_log import AccessLog
 from ._auth import Principal, Sessions, Tokens
 from ._reader import ReadOnlyStore
+from ._security import SecurityHeaders, check_bind, same_origin
 
 __all__ = ["COOKIE", "check_bind", "create_app"]
 
 COOKIE = "convostore_session"
 PAGE_TURNS = 25
 """Turns per transcript page."""
-
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "same-origin",  # "no-referrer" makes browsers send Origin: null
-    "cross-origin-opener-policy": "same-origin",
-    "cross-origin-resource-policy": "same-origin",
-}
-
-
-def check_bind(host: str, *, no_auth: bool) -> None:
-    """Refuse to serve without authentication anywhere but on loopback.
-
-    Raises:
-        ConfigurationError: ``no_auth`` with a host that is not a loopback address.
-    """
-    if not no_auth:
-        return
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigurationError(
-            f"--no-auth serves only on loopback (127.0.0.1, ::1, localhost), not {host!r}"
-        )
-
-
-class _SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` (and ``Cache-Control: no-store`` unless a route set its
-    own) to every response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers[name] = value
-                if "cache-control" not in headers:
-                    headers["cache-control"] = "no-store"
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 @dataclass
@@ -327,7 +271,7 @@ def _routes(web: _Web) -> list[Route]:
                     return web.not_found(principal)
                 error = f"This conversation cannot be read: {exc}"
         last = turns[-1][0].seq if turns else after
-        html = render.transcript_page(
+        html = transcript_html.transcript_page(
             principal,
             record,
             verification=verification,
@@ -340,7 +284,8 @@ def _routes(web: _Web) -> list[Route]:
             next_after=last if error is None and last < record.turn_count else None,
             store_url=web.reader.url,
         )
-        return HTMLResponse(html)
+        background = BackgroundTask(web.verifications.start, listed) if verifying else None
+        return HTMLResponse(html, background=background)
 
     def forks(request: Request, principal: Principal, record: ConversationRecord) -> Response:
         tree = q.fork_tree(web.reader, record)
@@ -371,7 +316,7 @@ def _routes(web: _Web) -> list[Route]:
                 if isinstance(exc, ConversationNotFound):
                     return web.not_found(principal)
                 error = f"This conversation cannot be read: {exc}"
-        html = render.case_file_page(
+        html = transcript_html.case_file_page(
             principal,
             record,
             verification=verification,
@@ -410,12 +355,6 @@ def _routes(web: _Web) -> list[Route]:
         return HTMLResponse(html)
 
     # ------------------------------------------------------------------ signing in
-
-    def same_origin(request: Request) -> bool:
-        origin = request.headers.get("origin")
-        if origin is None or origin == "null":
-            return origin is None
-        return origin == f"{request.url.scheme}://{request.url.netloc}"
 
     def login_form(request: Request) -> Response:
         if web.principal(request) is not None:
@@ -568,5 +507,5 @@ def create_app(
         exception_handlers={404: refused, 405: refused, ConvostoreError: failed},
         lifespan=lifespan,
     )
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -123,7 +123,7 @@ def scan(
     filters: Filters,
     cursor: str | None = None,
     page_size: int = 50,
-    budget: int = 2000,
+    budget: int = 1000,
 ) -> ScanPage:
     """One page of a tenant's (``None``: every tenant's) conversations matching ``filters``,
     newest first, examining at most ``budget`` conversations.
@@ -237,31 +237,45 @@ class Verifications:
         self._cache: dict[tuple[str, str], _Cached] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convostore-verify")
 
-    def check(self, record: ConversationRecord) -> tuple[Verification | None, bool]:
-        """``(result to show, whether a verification is still running)``."""
-        if record.step_count <= self.inline_steps:
-            return verify(self._reader, record), False
-        key = (record.tenant, record.id)
-        state = (
+    @staticmethod
+    def _state(record: ConversationRecord) -> tuple[object, ...]:
+        return (
             record.version,
             record.turn_count,
             record.step_count,
             record.last_turn_hash,
             record.updated_at,
         )
-        now = time.monotonic()
+
+    def _entry(self, record: ConversationRecord) -> _Cached:
+        """The cache entry of ``record`` (a fresh one if it changed); call under the lock."""
+        key = (record.tenant, record.id)
+        entry = self._cache.pop(key, None)
+        if entry is None or entry.state != self._state(record):
+            entry = _Cached(self._state(record))
+        self._cache[key] = entry  # most recently used last
+        while len(self._cache) > self.keep:
+            del self._cache[next(iter(self._cache))]
+        return entry
+
+    def check(self, record: ConversationRecord) -> tuple[Verification | None, bool]:
+        """``(result to show, whether it is pending)``. When pending, call :meth:`start`
+        (the page does once it has been sent, so the two do not compete)."""
+        if record.step_count <= self.inline_steps:
+            return verify(self._reader, record), False
         with self._lock:
-            entry = self._cache.pop(key, None)
-            if entry is None or entry.state != state:
-                entry = _Cached(state)
-            self._cache[key] = entry  # most recently used last
-            while len(self._cache) > self.keep:
-                del self._cache[next(iter(self._cache))]
-            if entry.result is not None and now - entry.at <= self.max_age:
+            entry = self._entry(record)
+            if entry.result is not None and time.monotonic() - entry.at <= self.max_age:
                 return entry.result, False
-            if entry.running is None:
-                entry.running = self._pool.submit(self._verify, entry, record)
             return entry.result, True
+
+    def start(self, record: ConversationRecord) -> None:
+        """Verify ``record`` in a worker thread, unless that is under way or not needed."""
+        with self._lock:
+            entry = self._entry(record)
+            fresh = entry.result is not None and time.monotonic() - entry.at <= self.max_age
+            if entry.running is None and not fresh:
+                entry.running = self._pool.submit(self._verify, entry, record)
 
     def _verify(self, entry: _Cached, record: ConversationRecord) -> Verification:
         result = verify(self._reader, record)
