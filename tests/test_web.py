@@ -853,3 +853,11 @@ def test_the_web_benchmark_runs_end_to_end() -> None:
     assert "| sqlite | list, first page (all tenants) |" in done.stdout
     assert "| sqlite | transcript of 80 steps, first page |" in done.stdout
     assert "1 walked" in done.stdout
+
+
+def test_an_oversized_sign_in_is_refused_without_reading_it(
+    app_client: tuple[TestClient, Path],
+) -> None:
+    client, _ = app_client
+    answer = client.post("/login", content=b"token=" + ACME_TOKEN.encode() + b"&x=" + b"a" * 20000)
+    assert answer.status_code == 401 and "convostore_session" not in str(answer.headers)

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -366,16 +367,18 @@ def _routes(web: _Web) -> list[Route]:
             return RedirectResponse("/conversations", status_code=303)
         if not same_origin(request):
             return HTMLResponse(render.login_page("Sign in from this site."), status_code=403)
-        body = await request.body()
-        if len(body) > 8192:
-            return HTMLResponse(render.login_page("That token is not valid."), status_code=401)
-        fields = parse_qs(body.decode("utf-8", "replace"))
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > 8192:  # a sign-in form is a few dozen bytes: read no further
+                break
+        fields = parse_qs(body.decode("utf-8", "replace")) if len(body) <= 8192 else {}
         token = (fields.get("token") or [""])[0].strip()
         principal = web.tokens.authenticate(token) if web.tokens and token else None
         if principal is None:
-            web.record(request, None, "login", outcome="denied")
+            await run_in_threadpool(web.record, request, None, "login", outcome="denied")
             return HTMLResponse(render.login_page("That token is not valid."), status_code=401)
-        web.record(request, principal, "login")
+        await run_in_threadpool(web.record, request, principal, "login")
         response = RedirectResponse("/conversations", status_code=303)
         response.set_cookie(
             COOKIE,
