@@ -186,8 +186,8 @@ def list_page(
             f"<td>{_flag_cell(row)}</td></tr>"
         )
     table = (
-        '<table class="list"><thead><tr><th>Conversation</th><th>Tenant</th><th>User</th>'
-        "<th>Mode</th><th>Model</th><th>Turns</th><th>Created</th><th>Updated</th><th></th>"
+        '<table class="list conversations"><thead><tr><th>Conversation</th><th>Tenant</th>'
+        "<th>User</th><th>Mode</th><th>Model</th><th>Turns</th><th>Created</th><th>Updated</th><th></th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         if rows
         else '<p class="empty">No conversation matches.</p>'

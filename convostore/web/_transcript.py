@@ -16,6 +16,7 @@ from ..cli._common import describe_step
 from ..models import ConversationRecord, StoredStep, TurnRecord
 from ._auth import Principal
 from ._queries import Verification, forked_from
+from ._queries import turn_flags as q_flags
 from ._render import conversation_url, e, layout, when
 
 __all__ = ["case_file_page", "step_html", "transcript_page", "turn_html", "verification_badge"]
@@ -111,10 +112,12 @@ def turn_html(
 ) -> str:
     status_css = "ok" if turn.status in ("completed", "requires_action") else "bad"
     interaction = turn.interaction_id or "no interaction id"
+    flags = q_flags([turn])
+    reason_css = " warn" if flags & {"chain_break", "compaction"} else ""
     flagged = " flagged" if bad_seq is not None and turn.seq == bad_seq else ""
     meta = [
         f'<span class="badge">{e(turn.mode_used)}</span>',
-        f'<span class="badge">{e(str(turn.reason))}</span>',
+        f'<span class="badge{reason_css}">{e(str(turn.reason))}</span>',
         f'<span class="badge {status_css}">{e(turn.status)}</span>',
         _usage(turn.usage),
         f'<span class="mono" title="interaction id">{e(interaction)}</span>',
