@@ -386,12 +386,11 @@ def test_the_web_package_has_no_write_or_api_code_path() -> None:
         "encrypted",
         "get_conversation",
         "get_listed",
-        "key_problem",
         "list_checked",
         "list_conversations",
         "load_steps",
         "load_turns",
-    } - {"key_problem"}
+    }
     forbidden = {
         "append_turn",
         "create_conversation",
