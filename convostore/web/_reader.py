@@ -13,12 +13,20 @@ reports such a conversation's error on its own page.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
 from .. import _encryption as enc
 from .._exceptions import EncryptionError
 from .._sync.encrypted_store import EncryptedStore
-from ..models import ConversationRecord, Page, StoredStep, TurnRecord
+from ..models import (
+    ConversationRecord,
+    OutboxItem,
+    Page,
+    PendingTurnRecord,
+    StoredStep,
+    TurnRecord,
+)
 
 if TYPE_CHECKING:
     from .._sync.store import Store
@@ -28,7 +36,8 @@ __all__ = ["ReadOnlyStore"]
 
 class ReadOnlyStore:
     """Reads of a store: ``get_conversation``, ``list_conversations``, ``load_turns``,
-    ``load_steps`` (as the contract defines them), and ``close``."""
+    ``load_steps``, ``get_pending``, ``list_pending``, ``list_outbox`` (as the contract defines
+    them), and ``close``."""
 
     def __init__(self, store: Store) -> None:
         self.__store = store
@@ -65,6 +74,19 @@ class ReadOnlyStore:
         return self.__store.load_steps(
             conversation_id, tenant=tenant, after_seq=after_seq, newest=newest, turn=turn
         )
+
+    def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
+        return self.__store.get_pending(conversation_id, tenant=tenant)
+
+    def list_pending(
+        self, *, tenant: str | None, expired_at: datetime | None = None, limit: int = 100
+    ) -> list[PendingTurnRecord]:
+        return self.__store.list_pending(tenant=tenant, expired_at=expired_at, limit=limit)
+
+    def list_outbox(
+        self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        return self.__store.list_outbox(tenant=tenant, due_at=due_at, limit=limit)
 
     def list_conversations(
         self,
