@@ -27,8 +27,8 @@ from .._client_base import (
     retry_delay,
     status_error,
 )
-from .._exceptions import APIError, StreamError, ValidationError
 from .._core.streaming import BaseInteractionStream
+from .._exceptions import APIError, StreamError, ValidationError
 from ..models import Interaction, StepDeltaEvent, TextDelta
 
 __all__ = ["InteractionStream", "InteractionsClient"]
