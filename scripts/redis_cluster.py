@@ -3,7 +3,15 @@
 Used by the test suite (tests/test_redis_cluster.py) and by ``benchmarks/scale.py``; run it
 alone to get a cluster to try things on (Ctrl-C stops it)::
 
-    python scripts/redis_cluster.py          # prints the redis+cluster:// URL
+    python scripts/redis_cluster.py              # prints the redis+cluster:// URL
+    python scripts/redis_cluster.py --failover   # the failover run below, printed
+
+``run_failover`` is the cluster's crash test: N processes send turns (each to a conversation
+of its own, spread over the masters) while a master is killed with SIGKILL, its replica takes
+over, and the killed node is restarted (it rejoins as a replica). Every conversation must then
+pass ``convostore verify`` with every turn complete (no half turns) and hold each sent input at
+most once (no duplicates); acknowledged turns that an asynchronous replica had not received
+when its master died are counted as lost (see the README's durability table).
 
 Each node runs in a directory of its own under a temporary directory, on a free port whose
 cluster bus port (port + 10000) is free too; no persistence (``--save ""``, no AOF), so a
@@ -13,6 +21,9 @@ restarted node comes back empty and re-syncs from its master.
 from __future__ import annotations
 
 import contextlib
+import json
+import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -21,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -88,6 +101,7 @@ class LocalRedisCluster:
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "1000",
                 "--cluster-replica-validity-factor", "0",
+                "--repl-diskless-sync-delay", "0",
                 "--appendonly", "no",
                 "--save", "",
             ],
@@ -105,8 +119,15 @@ class LocalRedisCluster:
         for port in self.ports:
             self.start_node(port)
         done = subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
-            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -117,12 +138,19 @@ class LocalRedisCluster:
         return self
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every running node reports ``cluster_state:ok`` and the expected masters."""
+        """Until every running node reports ``cluster_state:ok``, the expected masters serve
+        the slots, and every replica is in sync with its master."""
         deadline = time.monotonic() + timeout
         while True:
             states = [command(p, "cluster", "info") for p in self.running()]
-            if all("cluster_state:ok" in s for s in states) and len(self.master_ports()) == (
-                self.masters
+            roles = [command(p, "info", "replication") for p in self.running()]
+            synced = all(
+                "role:master" in r or "master_link_status:up" in r for r in roles
+            ) and not any("master_sync_in_progress:1" in r for r in roles)
+            if (
+                all("cluster_state:ok" in s for s in states)
+                and synced
+                and len(self.master_ports()) == self.masters
             ):
                 return
             if time.monotonic() > deadline:
@@ -161,12 +189,167 @@ class LocalRedisCluster:
                 proc.wait()
 
 
+# --------------------------------------------------------------------------- failover run
+
+KEY = "failover-key-0123456789"
+TENANT = "failover"
+
+
+def _sender(store_url: str, base_url: str, conv_id: str, tag: str, log: str, stop: str) -> None:
+    """Send turns until the ``stop`` file exists; one ACK line per acknowledged turn. A send
+    that fails (the cluster is failing over) is retried with the same idempotency key, so a
+    turn whose outcome was unknown is stored once."""
+    import convostore as cs
+
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with (
+        cs.InteractionsClient(api_key=KEY, base_url=base_url) as client,
+        cs.Conversations(store_url, client) as convos,
+    ):
+        conv = convos.get(conv_id, tenant=TENANT)
+        i = 0
+        while not os.path.exists(stop):
+            text = f"{tag} turn {i}"
+            try:
+                turn = conv.send(
+                    text,
+                    idempotency_key=f"{tag}-{i}",
+                    on_conflict="retry",
+                    max_conflict_retries=100,
+                )
+            except cs.StoreError as exc:
+                os.write(fd, f"FAIL {type(exc).__name__}\n".encode())
+                time.sleep(0.05)
+                continue
+            line = {"seq": turn.record.seq, "iid": turn.interaction_id, "text": text}
+            os.write(fd, (json.dumps(line) + "\n").encode())
+            i += 1
+
+
+@dataclass
+class FailoverFigures:
+    acknowledged: int = 0
+    refused: int = 0
+    lost: int = 0
+    stored: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"{self.acknowledged} turns acknowledged, {self.refused} sends refused during the "
+            f"failover, {self.lost} acknowledged turns lost, {self.stored} stored, "
+            f"{len(self.problems)} problems"
+        )
+
+
+def _acks(path: Path) -> tuple[list[dict[str, Any]], int]:
+    acks, refused = [], 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith("FAIL"):
+            refused += 1
+        elif line:
+            acks.append(json.loads(line))
+    return acks, refused
+
+
+def _wait_acks(logs: list[Path], more: int, timeout: float = 60.0) -> None:
+    target = sum(len(_acks(p)[0]) for p in logs) + more
+    deadline = time.monotonic() + timeout
+    while sum(len(_acks(p)[0]) for p in logs) < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the senders stopped making progress")
+        time.sleep(0.05)
+
+
+def run_failover(
+    cluster: LocalRedisCluster, store_url: str, emulator: Any, *, processes: int = 8
+) -> FailoverFigures:
+    """Kill a master while ``processes`` processes send; restart it; check every turn."""
+    import convostore as cs
+    from convostore import _transfer
+
+    context = multiprocessing.get_context("spawn")
+    with (
+        cs.InteractionsClient(api_key=KEY, base_url=emulator.url) as client,
+        cs.Conversations(store_url, client) as convos,
+    ):
+        ids = [convos.create(tenant=TENANT, mode="server").id for _ in range(processes)]
+    figures = FailoverFigures()
+    with tempfile.TemporaryDirectory() as tmp:
+        stop = Path(tmp) / "stop"
+        logs = [Path(tmp) / f"p{n}.log" for n in range(processes)]
+        workers = [
+            context.Process(
+                target=_sender,
+                args=(store_url, emulator.url, ids[n], f"p{n}", str(logs[n]), str(stop)),
+            )
+            for n in range(processes)
+        ]
+        for proc in workers:
+            proc.start()
+        try:
+            _wait_acks(logs, 5 * processes)
+            victim = cluster.master_ports()[0]
+            cluster.kill(victim)
+            cluster.wait_ok()  # a replica took over the victim's slots
+            _wait_acks(logs, 5 * processes)
+            cluster.start_node(victim)  # restarted, it rejoins as a replica
+            cluster.wait_ok()
+            _wait_acks(logs, 5 * processes)
+        finally:
+            stop.touch()
+            for proc in workers:
+                proc.join(timeout=120)
+                if proc.is_alive():
+                    proc.kill()
+        if any(proc.exitcode != 0 for proc in workers):
+            figures.problems.append(f"sender exit codes {[p.exitcode for p in workers]}")
+        with contextlib.closing(cs.open_store(store_url)) as store:
+            for conv_id, log in zip(ids, logs, strict=True):
+                acks, refused = _acks(log)
+                figures.acknowledged += len(acks)
+                figures.refused += refused
+                figures.problems += _check(store, conv_id, acks, figures, _transfer)
+    return figures
+
+
+def _check(store: Any, conv_id: str, acks: list[dict[str, Any]], figures: Any, transfer: Any
+) -> list[str]:  # fmt: skip
+    record = store.get_conversation(conv_id, tenant=TENANT)
+    problems = [f"{conv_id}: {p}" for p in transfer.verify(store, record)]
+    turns = {t.seq: t.interaction_id for t in store.load_turns(conv_id, tenant=TENANT)}
+    steps = store.load_steps(conv_id, tenant=TENANT)
+    figures.stored += len(turns)
+    by_turn: dict[int, list[str]] = {}
+    for step in steps:
+        by_turn.setdefault(step.turn_seq, []).append(step.type)
+    for seq in turns:
+        types = by_turn.get(seq, [])
+        if len(types) < 2 or types[0] != "user_input" or "model_output" not in types[1:]:
+            problems.append(f"{conv_id}: turn {seq} is incomplete: {types}")
+    texts = [s.payload["content"][0]["text"] for s in steps if s.type == "user_input"]
+    if len(texts) != len(set(texts)):
+        problems.append(f"{conv_id}: an input is stored twice")
+    stored_texts = set(texts)
+    for ack in acks:
+        if turns.get(ack["seq"]) != ack["iid"] or ack["text"] not in stored_texts:
+            figures.lost += 1
+    return problems
+
+
 def main() -> int:
+    failover = "--failover" in sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="convostore-cluster-") as tmp:
         cluster = LocalRedisCluster(Path(tmp)).start()
         print(cluster.url, flush=True)
         try:
-            signal.pause()
+            if failover:
+                from convostore.emulator import Emulator
+
+                with Emulator() as emulator:
+                    print(run_failover(cluster, cluster.url, emulator).line())
+            else:
+                signal.pause()
         except KeyboardInterrupt:
             pass
         finally:
