@@ -414,6 +414,12 @@ def translate_errors(url: str) -> Iterator[None]:
     except ProgrammingError as exc:
         if _missing_table(exc):
             raise schema_error(url, "missing") from exc
+        if "prepared statement" in _first_line(exc):
+            # psycopg prepared the query on a server connection a pooler gave another client
+            raise StoreError(
+                f"{url}: {_first_line(exc)} (behind a transaction-mode PgBouncer older than "
+                "1.21? add ?prepare_threshold=none to the store URL)"
+            ) from exc
         raise StoreError(f"{url}: {_first_line(exc)}") from exc
     except DataError as exc:
         raise ValidationError(f"{url} refused the value: {_first_line(exc)}") from exc
