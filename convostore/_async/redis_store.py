@@ -458,15 +458,22 @@ class AsyncRedisStore:
     ) -> list[ConversationRecord]:
         moment = rules.check_purge(now, older_than, tenant)
         index = f"{self._prefix}idx:all" if tenant is None else f"{self._prefix}idx:t:{tenant}"
+        doomed: list[ConversationRecord] = []
+        bound = b"+"
         with _translate():
-            # Every listed conversation is read: purge is an operations sweep, not a hot path.
-            records = await self._scan(index, tenant, None, b"+", 1 << 62)
-            doomed = [
-                r for r in records if rules.is_purgeable(r, now=moment, older_than=older_than)
-            ]
-            if dry_run:
-                return doomed
-            return [r for r in doomed if await self._remove(r.id, r.tenant)]
+            # Every listed conversation is read (purge is an operations sweep, not a hot
+            # path), a batch at a time: memory grows with what is purged, not with the store.
+            while True:
+                records = await self._scan(index, tenant, None, bound, _BATCH)
+                for record in records:
+                    if rules.is_purgeable(record, now=moment, older_than=older_than) and (
+                        dry_run or await self._remove(record.id, record.tenant)
+                    ):
+                        doomed.append(record)
+                if len(records) < _BATCH:
+                    return doomed
+                last = records[-1]
+                bound = b"(" + keys.index_member(last.created_at, last.id).encode()
 
     async def aclose(self) -> None:
         if not self._closed:
