@@ -9,9 +9,10 @@ Backends: ``postgresql`` and ``redis`` (the scratch places of ``benchmarks._back
 
 Each store gets 100 tenants (10 users each) whose conversations have 5 turns of 2 steps, with
 valid audit hashes; one in five was last updated 60 days ago. The fill writes in bulk (SQL
-``executemany`` of the store's own rows; on Redis the store's create script, 50 in flight),
-not one append at a time. Measured, first on the almost empty store (200 conversations), then
-on the full one, as the ratio of the medians (target <= 1.3):
+``executemany`` of the store's own rows; on Redis the store's create script, 20 in flight),
+not one append at a time. Measured, first on the almost empty store (220 conversations), then
+on the full one, as the ratio of the medians (target <= 1.3). The almost empty store has
+220 conversations in two tenants, so that its pages are full pages too:
 
 - append one turn to a random conversation; resume (open by id + newest 20 steps); list a
   tenant's first page (50) and a deep keyset page (after 90 % of the tenant's conversations);
@@ -53,7 +54,7 @@ from convostore.models import ConversationRecord, Reason, StoredStep, TurnCommit
 from ._backends import Unavailable, open_backend
 
 TENANTS, USERS, TURNS = 100, 10, 5
-BASE = 200
+BASE = 220  # the almost empty store: two tenants of 110, so every page listed is full
 SAMPLES = 200
 IDLE_EVERY = 5  # one conversation in five was last updated 60 days ago
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -73,6 +74,12 @@ def _steps(conversation_id: str, first: int, turn_seq: int, n: int) -> list[Stor
         StoredStep(conversation_id=conversation_id, seq=first + 1, turn_seq=turn_seq,
                    type="model_output", payload=model),
     ]  # fmt: skip
+
+
+def tenant_of(n: int) -> str:
+    """The first BASE conversations are the almost empty store's two tenants; the rest
+    spread over all TENANTS."""
+    return f"t{n % (2 if n < BASE else TENANTS):03d}"
 
 
 def conversation(n: int) -> tuple[ConversationRecord, list[TurnRecord], list[StoredStep]]:
@@ -98,7 +105,7 @@ def conversation(n: int) -> tuple[ConversationRecord, list[TurnRecord], list[Sto
         previous_iid = iid
     updated = created - timedelta(days=60) if n % IDLE_EVERY == 0 else datetime.now(UTC)
     record = ConversationRecord(
-        id=cid, tenant=f"t{n % TENANTS:03d}", user=f"u{n % (TENANTS * USERS) // TENANTS}",
+        id=cid, tenant=tenant_of(n), user=f"u{n % (TENANTS * USERS) // TENANTS}",
         model="gemini-3-flash-preview", config={"system_instruction": "You are a cat."},
         version=TURNS, turn_count=TURNS, step_count=len(steps), head_interaction_id=previous_iid,
         head_created_at=created, head_model="gemini-3-flash-preview",
@@ -158,7 +165,7 @@ def fill_sql(url: str, start: int, stop: int) -> None:
 
 
 def fill_redis(url: str, start: int, stop: int) -> None:
-    """Conversations ``start..stop-1`` by the store's create script, 50 in flight
+    """Conversations ``start..stop-1`` by the store's create script, 20 in flight
     (a cluster client's pool holds 100 connections per node and refuses more)."""
 
     async def create(store: Any, n: int) -> None:
@@ -169,9 +176,8 @@ def fill_redis(url: str, start: int, stop: int) -> None:
                 return
             except cs.ConversationExists:
                 return  # an earlier attempt's write went through
-            except (cs.StoreError, AttributeError, TypeError):
-                # redis-py's asyncio cluster client can leak a transport's AttributeError or
-                # TypeError when a connection closes under it (redis/redis-py#4287)
+            except cs.StoreError as exc:
+                print(f"fill: {type(exc).__name__}: {exc}", file=sys.stderr)
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.1)
@@ -179,8 +185,12 @@ def fill_redis(url: str, start: int, stop: int) -> None:
     async def run() -> None:
         store = cs.open_async_store(url)
         try:
-            for low in range(start, stop, 50):
-                await asyncio.gather(*(create(store, n) for n in range(low, min(low + 50, stop))))
+            # a first command alone: a cluster client's first concurrent commands race its
+            # slot-map initialisation (a conversation whose create went through but whose
+            # index write failed would stay unlisted)
+            await store.list_conversations(tenant="t000", limit=1)
+            for low in range(start, stop, 20):
+                await asyncio.gather(*(create(store, n) for n in range(low, min(low + 20, stop))))
         finally:
             await store.aclose()
 
@@ -216,9 +226,14 @@ def measure_ops(store: Any, size: int, samples: int) -> Ops:
     rng = random.Random(size)
     ops = Ops()
     ids = active_ids(size)
+    by_tenant: dict[str, list[int]] = {}
+    for n in range(size - 1, -1, -1):
+        by_tenant.setdefault(tenant_of(n), []).append(n)
+    # tenants with two full pages (all of them at full size; below, the first two)
+    listable = sorted(t for t, found in by_tenant.items() if len(found) > 100)
     for _ in range(samples):
         n = rng.choice(ids)
-        cid, tenant = f"scale-{n:07d}", f"t{n % TENANTS:03d}"
+        cid, tenant = f"scale-{n:07d}", tenant_of(n)
         record = store.get_conversation(cid, tenant=tenant)
         commit = next_commit(record)
         started = time.perf_counter()
@@ -226,28 +241,28 @@ def measure_ops(store: Any, size: int, samples: int) -> Ops:
         ops.add("append", time.perf_counter() - started)
 
         n = rng.choice(ids)
-        cid, tenant = f"scale-{n:07d}", f"t{n % TENANTS:03d}"
+        cid, tenant = f"scale-{n:07d}", tenant_of(n)
         started = time.perf_counter()
         store.get_conversation(cid, tenant=tenant)
         store.load_steps(cid, tenant=tenant, newest=20)
         ops.add("resume", time.perf_counter() - started)
 
-        t = rng.randrange(TENANTS)
+        tenant = rng.choice(listable)
         started = time.perf_counter()
-        page = store.list_conversations(tenant=f"t{t:03d}", limit=50)
+        page = store.list_conversations(tenant=tenant, limit=50)
         ops.add("list first page", time.perf_counter() - started)
-        assert page.items
+        assert len(page.items) == 50
 
-        # the tenant's conversations newest first are n = t + TENANTS*k, k descending; the
-        # deep page starts after 90 % of them
-        count = len(range(t, size, TENANTS))
-        k = count - 1 - int(count * 0.9)
-        n = t + TENANTS * k
-        record = conversation(n)[0]
+        # newest first; the deep page starts after 90 % of the tenant's conversations (after
+        # all but 50 of them on the almost empty store)
+        newest_first = by_tenant[tenant]
+        at = min(int(len(newest_first) * 0.9), len(newest_first) - 51)
+        record = conversation(newest_first[at])[0]
         cursor = encode_cursor(record.created_at, record.id)
         started = time.perf_counter()
-        store.list_conversations(tenant=f"t{t:03d}", limit=50, cursor=cursor)
+        page = store.list_conversations(tenant=tenant, limit=50, cursor=cursor)
         ops.add("list deep page", time.perf_counter() - started)
+        assert len(page.items) == 50
     return ops
 
 
@@ -260,7 +275,7 @@ def _append_loop(url: str, size: int, stop: str, out: str) -> None:
         Path(out + ".ready").touch()
         while not os.path.exists(stop):
             n = rng.choice(ids)
-            cid, tenant = f"scale-{n:07d}", f"t{n % TENANTS:03d}"
+            cid, tenant = f"scale-{n:07d}", tenant_of(n)
             record = store.get_conversation(cid, tenant=tenant)
             commit = next_commit(record)
             started = time.perf_counter()
@@ -310,15 +325,20 @@ def measure_purge(url: str, size: int) -> dict[str, float]:
 
 
 def run_cli(*args: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one ``convostore`` child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([CONVOSTORE, *args], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    took = time.perf_counter() - started
-    if proc.returncode not in (0,):
-        raise RuntimeError(f"convostore {args[0]} exited {proc.returncode}")
-    return took, usage.ru_maxrss / 1024
+    """(seconds, peak RSS in MiB) of one ``convostore`` child process, by GNU time (a forked
+    child's own rusage would count the parent's pages it held before exec)."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        started = time.perf_counter()
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, CONVOSTORE, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        took = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"convostore {args[0]} exited {done.returncode}")
+        peak_kib = int(report.read().split()[-1])
+    return took, peak_kib / 1024
 
 
 def measure_cli(url: str) -> dict[str, float]:
@@ -367,6 +387,20 @@ def explain(url: str) -> list[str]:
     finally:
         store.close()
     return lines
+
+
+def index_sizes(url: str) -> dict[str, float]:
+    """Members and MEMORY USAGE (KiB) of the all-tenants index and of one tenant's."""
+    store = cs.open_store(url)
+    client, prefix = store._client, store._prefix  # type: ignore[attr-defined]
+    try:
+        found = {}
+        for label, key in (("all", f"{prefix}idx:all"), ("tenant", f"{prefix}idx:t:t001")):
+            found[f"{label} members"] = float(client.zcard(key))
+            found[f"{label} KiB"] = float(client.memory_usage(key, samples=0) or 0) / 1024
+        return found
+    finally:
+        store.close()
 
 
 # --------------------------------------------------------------------------- backends
@@ -422,6 +456,8 @@ def run(name: str, size: int, samples: int) -> dict[str, Any]:
         report["cli full"] = measure_cli(url)
         if name == "postgresql":
             report["explain"] = explain(url)
+        else:
+            report["indexes"] = index_sizes(url)
         report["purge"] = measure_purge(url, size)
     return report
 
@@ -442,6 +478,10 @@ def show(report: dict[str, Any]) -> None:
     print(f"purge of {purge['purged']:,} idle conversations: {purge['seconds']:.1f} s; "
           f"append p99 {purge['append p99 before (ms)']:.2f} ms before, "
           f"{purge['append p99 during (ms)']:.2f} ms during ({purge['appends during']} appends)")  # fmt: skip  # noqa: E501
+    if "indexes" in report:
+        ix = report["indexes"]
+        print(f"indexes: idx:all {ix['all members']:,.0f} members, {ix['all KiB']:,.0f} KiB; "
+              f"one tenant's {ix['tenant members']:,.0f} members, {ix['tenant KiB']:,.0f} KiB")  # fmt: skip  # noqa: E501
     for line in report.get("explain", []):
         print(line)
 
