@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import sys
 import uuid
@@ -98,6 +99,39 @@ def test_a_client_of_your_own_is_used_and_left_open(redis_cluster: Any) -> None:
     client.close()
     with pytest.raises(cs.ConfigurationError, match="client="):
         cs.open_store("redis+cluster://", client="not a client")
+
+
+def test_commands_that_walk_the_store_work_on_the_cluster(
+    redis_cluster: Any, emulator: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export, verify, copy (both ways), import and purge, on conversations sent through the
+    emulator into the cluster."""
+    from convostore.cli import run
+
+    url = cluster_url(redis_cluster)
+    with (
+        cs.InteractionsClient(api_key="cluster-key-0123456789", base_url=emulator.url) as client,
+        cs.Conversations(url, client) as convos,
+    ):
+        for n in range(6):
+            conv = convos.create(tenant=f"walk{n % 2}", user="u1", mode="auto")
+            conv.send("I have 2 dogs in my house.")
+            conv.send("How many paws are in my house?")
+    export, sqlite = tmp_path / "all.jsonl", f"sqlite:///{tmp_path / 'copy.db'}"
+    assert run(["verify", "--all-tenants", "--store", url]) == 0
+    assert "checked 6 conversation(s): 0 with problems" in capsys.readouterr().out
+    assert run(["export", "--all", "-o", str(export), "--store", url]) == 0
+    assert export.read_text().count('"kind":"conversation"') == 6
+    assert run(["copy", url, sqlite, "--verify"]) == 0
+    assert "verified: 6 conversation(s) identical" in capsys.readouterr().out
+    other = cluster_url(redis_cluster)
+    assert run(["copy", sqlite, other, "--verify"]) == 0
+    assert run(["import", str(export), "--store", other]) == 0
+    assert "imported 0, skipped 6" in capsys.readouterr().out
+    assert run(["purge", "--all-tenants", "--older-than", "1m", "--store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["conversations"] == []
+    assert run(["ls", "--tenant", "walk1", "--store", other, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 3
 
 
 @pytest.mark.parametrize(
