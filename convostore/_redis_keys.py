@@ -104,7 +104,13 @@ def cluster_settings(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 
 def check_driver_options(factory: Any, options: dict[str, Any]) -> None:
     """Refuse keyword options the redis-py client would only reject at its first command."""
-    accepted = set(inspect.signature(factory.__init__).parameters) - {"self", "kwargs"}
+    parameters = inspect.signature(factory.__init__).parameters
+    accepted = set(parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        import redis  # the sync RedisCluster hands its **kwargs to each node's redis.Redis
+
+        accepted |= set(inspect.signature(redis.Redis.__init__).parameters)
+    accepted -= {"self", "kwargs"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ConfigurationError(

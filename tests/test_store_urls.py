@@ -71,6 +71,30 @@ def test_unknown_keyword_options_are_refused_too(tmp_path: Path) -> None:
         cs.open_store(f"sqlite:///{tmp_path}/x.db", prepare_threshold=None)
 
 
+def test_driver_keywords_are_checked_against_the_client_that_takes_them() -> None:
+    unreachable = ("redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1/")
+    for url in unreachable:
+        for opener in (cs.open_store, cs.open_async_store):
+            with pytest.raises(cs.ConfigurationError, match="sockettimeout"):
+                opener(url, sockettimeout=5)
+    # accepted; the sync cluster client reads the slot map when it is made
+    cs.open_async_store(unreachable[1], socket_timeout=5, max_connections=10)
+    with pytest.raises(cs.StoreUnavailable, match="cannot be connected"):
+        cs.open_store(unreachable[1], socket_timeout=5, max_connections=10)
+
+
+def test_an_unreachable_cluster_is_store_unavailable_at_first_use() -> None:
+    async def first_use() -> None:
+        store = cs.open_async_store("redis+cluster://127.0.0.1:1/")
+        try:
+            await store.list_conversations(tenant="t")
+        finally:
+            await store.aclose()
+
+    with pytest.raises(cs.StoreUnavailable):
+        asyncio.run(first_use())
+
+
 def test_accepted_redis_options_open_a_working_store(redis_url: str, redis_prefix: str) -> None:
     url = f"{redis_url}?socket_timeout=5&health_check_interval=10&key_prefix={redis_prefix}"
     with contextlib.closing(cs.open_store(url)) as store:

@@ -64,6 +64,10 @@ def _translate() -> Iterator[None]:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis error: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:  # not a RedisError
+        if "cannot be connected" in str(exc):
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        raise StoreError(f"Redis error: {exc}") from exc
     except (AttributeError, TypeError) as exc:
         # redis-py's asyncio connections let a transport's AttributeError/TypeError out when
         # the connection is closed under a write (redis/redis-py#4287; seen on a cluster
@@ -112,9 +116,10 @@ class RedisStore:
         client: redis.Redis | redis.cluster.RedisCluster | None = None,
         **redis_options: Any,
     ) -> RedisStore:
-        """Open (lazily: no I/O here) a store on ``redis://`` / ``rediss://``, or on a Redis
-        Cluster: ``redis+cluster://h1:p1,h2:p2/`` / ``rediss+cluster://…`` (any one
-        reachable seed is enough; the client finds the other nodes and follows MOVED/ASK).
+        """Open (lazily: no I/O here, except that the sync cluster client reads the slot map
+        at once) a store on ``redis://`` / ``rediss://``, or on a Redis Cluster:
+        ``redis+cluster://h1:p1,h2:p2/`` / ``rediss+cluster://…`` (any one reachable seed is
+        enough; the client finds the other nodes and follows MOVED/ASK).
 
         Args:
             url: the Redis URL; ``?key_prefix=app:`` in it sets the key prefix too.
@@ -158,9 +163,10 @@ class RedisStore:
             seeds, settings = keys.cluster_settings(driver_url)
             node: Any = redis.cluster.ClusterNode  # the sync one has no annotations
             nodes = [node(host, port) for host, port in seeds]
-            made: Any = redis.cluster.RedisCluster(
-                startup_nodes=nodes, **{**settings, **redis_options}
-            )
+            with _translate():  # the sync client reads the slot map here already
+                made: Any = redis.cluster.RedisCluster(
+                    startup_nodes=nodes, **{**settings, **redis_options}
+                )
         else:
             made = redis.Redis.from_url(driver_url, **redis_options)
         return cls(made, url=url, key_prefix=prefix)
