@@ -222,48 +222,61 @@ def active_ids(size: int) -> list[int]:
     return [n for n in range(size) if n % IDLE_EVERY != 0]
 
 
-def measure_ops(store: Any, size: int, samples: int) -> Ops:
-    rng = random.Random(size)
-    ops = Ops()
-    ids = active_ids(size)
-    by_tenant: dict[str, list[int]] = {}
-    for n in range(size - 1, -1, -1):
-        by_tenant.setdefault(tenant_of(n), []).append(n)
-    # tenants with two full pages (all of them at full size; below, the first two)
-    listable = sorted(t for t, found in by_tenant.items() if len(found) > 100)
-    for _ in range(samples):
-        n = rng.choice(ids)
+class Workload:
+    """One store's random operations; ``round`` samples each operation once."""
+
+    def __init__(self, store: Any, size: int, seed: int) -> None:
+        self.store, self.rng = store, random.Random(seed)
+        self.ids = active_ids(size)
+        self.by_tenant: dict[str, list[int]] = {}
+        for n in range(size - 1, -1, -1):
+            self.by_tenant.setdefault(tenant_of(n), []).append(n)
+        # tenants with two full pages (all of them at full size; below, the first two)
+        self.listable = sorted(t for t, found in self.by_tenant.items() if len(found) > 100)
+
+    def round(self, ops: Ops) -> None:
+        n = self.rng.choice(self.ids)
         cid, tenant = f"scale-{n:07d}", tenant_of(n)
-        record = store.get_conversation(cid, tenant=tenant)
+        record = self.store.get_conversation(cid, tenant=tenant)
         commit = next_commit(record)
         started = time.perf_counter()
-        store.append_turn(commit)
+        self.store.append_turn(commit)
         ops.add("append", time.perf_counter() - started)
 
-        n = rng.choice(ids)
+        n = self.rng.choice(self.ids)
         cid, tenant = f"scale-{n:07d}", tenant_of(n)
         started = time.perf_counter()
-        store.get_conversation(cid, tenant=tenant)
-        store.load_steps(cid, tenant=tenant, newest=20)
+        self.store.get_conversation(cid, tenant=tenant)
+        self.store.load_steps(cid, tenant=tenant, newest=20)
         ops.add("resume", time.perf_counter() - started)
 
-        tenant = rng.choice(listable)
+        tenant = self.rng.choice(self.listable)
         started = time.perf_counter()
-        page = store.list_conversations(tenant=tenant, limit=50)
+        page = self.store.list_conversations(tenant=tenant, limit=50)
         ops.add("list first page", time.perf_counter() - started)
         assert len(page.items) == 50
 
         # newest first; the deep page starts after 90 % of the tenant's conversations (after
         # all but 50 of them on the almost empty store)
-        newest_first = by_tenant[tenant]
+        newest_first = self.by_tenant[tenant]
         at = min(int(len(newest_first) * 0.9), len(newest_first) - 51)
         record = conversation(newest_first[at])[0]
         cursor = encode_cursor(record.created_at, record.id)
         started = time.perf_counter()
-        page = store.list_conversations(tenant=tenant, limit=50, cursor=cursor)
+        page = self.store.list_conversations(tenant=tenant, limit=50, cursor=cursor)
         ops.add("list deep page", time.perf_counter() - started)
         assert len(page.items) == 50
-    return ops
+
+
+def measure_pair(empty_store: Any, full_store: Any, size: int, samples: int) -> tuple[Ops, Ops]:
+    """The operations on the almost empty store and on the full one, alternating round by
+    round, so that a shared machine's load drifts onto both alike."""
+    empty, full = Workload(empty_store, BASE, 1), Workload(full_store, size, 2)
+    on_empty, on_full = Ops(), Ops()
+    for _ in range(samples):
+        empty.round(on_empty)
+        full.round(on_full)
+    return on_empty, on_full
 
 
 def _append_loop(url: str, size: int, stop: str, out: str) -> None:
@@ -407,14 +420,15 @@ def index_sizes(url: str) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def target(name: str) -> Iterator[tuple[str, Callable[[str, int, int], None]]]:
-    """(store URL, fill function) of a scratch place on backend ``name``."""
-    if name == "postgresql":
-        with open_backend("postgresql") as env:
-            yield env.url, fill_sql
-    elif name == "redis":
-        with open_backend("redis") as env:
-            yield f"{env.url}?key_prefix={env.options['key_prefix']}", fill_redis
+def target(name: str) -> Iterator[tuple[str, str, Callable[[str, int, int], None]]]:
+    """(almost empty store URL, full store URL, fill function) on backend ``name``."""
+    if name in ("postgresql", "redis"):
+        with open_backend(name) as empty, open_backend(name) as full:
+            if name == "postgresql":
+                yield empty.url, full.url, fill_sql
+            else:
+                yield (f"{empty.url}?key_prefix={empty.options['key_prefix']}",
+                       f"{full.url}?key_prefix={full.options['key_prefix']}", fill_redis)  # fmt: skip  # noqa: E501
     elif name == "cluster":
         if str(SCRIPTS) not in sys.path:
             sys.path.insert(0, str(SCRIPTS))
@@ -425,25 +439,29 @@ def target(name: str) -> Iterator[tuple[str, Callable[[str, int, int], None]]]:
             except FileNotFoundError as exc:
                 raise Unavailable(str(exc)) from exc
             try:
-                yield cluster.url + "?key_prefix=scale:", fill_redis
+                yield (
+                    cluster.url + "?key_prefix=empty:",
+                    cluster.url + "?key_prefix=full:",
+                    fill_redis,
+                )
             finally:
                 cluster.stop()
     else:
         raise ValueError(f"unknown backend {name!r}")
 
 
-def run(name: str, size: int, samples: int) -> dict[str, Any]:
+def run(name: str, size: int, samples: int, *, ops_only: bool = False) -> dict[str, Any]:
     report: dict[str, Any] = {"backend": name, "conversations": size}
-    with target(name) as (url, fill):
+    with target(name) as (empty_url, url, fill):
         started = time.perf_counter()
-        fill(url, 0, BASE)
-        with contextlib.closing(cs.open_store(url)) as store:
-            empty = measure_ops(store, BASE, samples)
-        report["cli empty"] = measure_cli(url)
-        fill(url, BASE, size)
+        fill(empty_url, 0, BASE)
+        fill(url, 0, size)
         report["fill s"] = time.perf_counter() - started
-        with contextlib.closing(cs.open_store(url)) as store:
-            full = measure_ops(store, size, samples)
+        with (
+            contextlib.closing(cs.open_store(empty_url)) as empty_store,
+            contextlib.closing(cs.open_store(url)) as full_store,
+        ):
+            empty, full = measure_pair(empty_store, full_store, size, samples)
         report["ops"] = {
             op: {
                 "empty ms": empty.median(op) * 1000,
@@ -453,12 +471,14 @@ def run(name: str, size: int, samples: int) -> dict[str, Any]:
             }
             for op in empty.samples
         }
-        report["cli full"] = measure_cli(url)
         if name == "postgresql":
             report["explain"] = explain(url)
         else:
             report["indexes"] = index_sizes(url)
-        report["purge"] = measure_purge(url, size)
+        if not ops_only:
+            report["cli empty"] = measure_cli(empty_url)
+            report["cli full"] = measure_cli(url)
+            report["purge"] = measure_purge(url, size)
     return report
 
 
@@ -470,14 +490,15 @@ def show(report: dict[str, Any]) -> None:
         verdict = "ok" if row["ratio"] <= 1.3 else "MISS"
         print(f"{op:<18}{row['empty ms']:>10.2f}{row['full ms']:>10.2f}"
               f"{row['ratio']:>7.2f}x{row['full p99 ms']:>10.2f}  {verdict}")  # fmt: skip
-    e, f = report["cli empty"], report["cli full"]
-    for what in ("export", "verify"):
+    e, f = report.get("cli empty"), report.get("cli full")
+    for what in ("export", "verify") if e and f else ():
         print(f"{what} --all: {f[what + ' s']:.1f} s, peak RSS {f[what + ' MiB']:.0f} MiB "
               f"(at {BASE} conversations: {e[what + ' s']:.1f} s, {e[what + ' MiB']:.0f} MiB)")  # fmt: skip  # noqa: E501
-    purge = report["purge"]
-    print(f"purge of {purge['purged']:,} idle conversations: {purge['seconds']:.1f} s; "
-          f"append p99 {purge['append p99 before (ms)']:.2f} ms before, "
-          f"{purge['append p99 during (ms)']:.2f} ms during ({purge['appends during']} appends)")  # fmt: skip  # noqa: E501
+    purge = report.get("purge")
+    if purge:
+        print(f"purge of {purge['purged']:,} idle conversations: {purge['seconds']:.1f} s; "
+              f"append p99 {purge['append p99 before (ms)']:.2f} ms before, "
+              f"{purge['append p99 during (ms)']:.2f} ms during ({purge['appends during']} appends)")  # fmt: skip  # noqa: E501
     if "indexes" in report:
         ix = report["indexes"]
         print(f"indexes: idx:all {ix['all members']:,.0f} members, {ix['all KiB']:,.0f} KiB; "
@@ -492,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=None)
     parser.add_argument("--samples", type=int, default=SAMPLES)
     parser.add_argument("--only", action="append", choices=["postgresql", "redis", "cluster"])
+    parser.add_argument(
+        "--ops-only", action="store_true", help="only the operations (no CLI runs, no purge)"
+    )
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     size = args.conversations or (100_000 if args.full else 5_000)
@@ -500,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for name in args.only or ["postgresql", "redis", "cluster"]:
         try:
-            report = run(name, size, args.samples)
+            report = run(name, size, args.samples, ops_only=args.ops_only)
         except Unavailable as exc:
             print(f"\n== {name}: skipped ({exc})")
             continue
