@@ -105,14 +105,6 @@ def test_late_original_of_an_adopted_unary_turn_returns_the_adopted_turn(
         assert out[0].interaction_id in emulator.interactions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a late original whose turn was recorded lost still sends its request; "
-        "update_pending then raises LeaseLost and the interaction it created is never "
-        "deleted (AsyncTurnDriver.perform, Record effect: no discard on LeaseLost)"
-    ),
-)
 def test_late_original_of_a_lost_turn_leaves_nothing_on_the_server(
     store_url: str, emulator: Emulator
 ) -> None:
@@ -134,14 +126,6 @@ def test_late_original_of_a_lost_turn_leaves_nothing_on_the_server(
         assert set(emulator.interactions) - before == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a late original stream whose turn another worker adopted ends in LifecycleError: "
-        "update_pending raises LeaseLost after answered() moved the machine to ANSWERED, "
-        "then AsyncTurnStream.__aexit__ calls machine.abandoned(), which refuses ANSWERED"
-    ),
-)
 def test_late_original_of_an_adopted_stream_ends_with_the_adopted_turn(
     store_url: str, emulator: Emulator
 ) -> None:
