@@ -116,25 +116,34 @@ def _worker_concurrent(
     )
 
 
+KILL_LEASE = 0.5
+"""The kill run's lease (seconds): the next worker waits this long for the turn its killed
+predecessor left in flight, then finishes it (adopted, or recorded lost) before its own."""
+
+
 def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int, ack_path: str) -> None:
+    from datetime import timedelta
+
     rng = random.Random(seed)
     fd = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with (
         cs.InteractionsClient(api_key=KEY, base_url=base_url) as client,
-        cs.Conversations(store_url, client) as convos,
+        cs.Conversations(
+            store_url, client, lease=timedelta(seconds=KILL_LEASE), poll_interval=0.02
+        ) as convos,
     ):
         conv = convos.get(conv_id, tenant=TENANT)
         os.write(fd, b"READY\n")
         for i in itertools.count():
             text = f"run {seed} turn {i}"
             if rng.random() < 0.3:
-                with conv.stream(text) as events:
+                with conv.stream(text, in_flight="wait") as events:
                     for _ in events:
                         pass
                 turn = events.turn
                 assert turn is not None
             else:
-                turn = conv.send(text)
+                turn = conv.send(text, in_flight="wait")
             # Written only once send/stream returned: the turn is acknowledged. One write()
             # per line on an O_APPEND file, so a kill never leaves half a line.
             os.write(fd, f"ACK {turn.record.seq} {turn.interaction_id}\n".encode())
@@ -214,7 +223,8 @@ def check_conversation(store_url: str, conv_id: str) -> tuple[list[str], list[cs
 
     On top of ``convostore verify`` (seqs, counts, linear chain, audit hashes, payloads): the
     version equals the turn count (nothing else changed the record), and every turn is
-    complete — a user input step first, then at least one model step.
+    complete — a user input step first, then at least one model step — but a turn recorded
+    ``lost`` (a killed worker's turn with nothing to adopt), which has no steps.
     """
     with contextlib.closing(cs.open_store(store_url)) as store:
         record = store.get_conversation(conv_id, tenant=TENANT)
@@ -227,6 +237,10 @@ def check_conversation(store_url: str, conv_id: str) -> tuple[list[str], list[cs
     for step in steps:
         by_turn.setdefault(step.turn_seq, []).append(step.type)
     for turn in turns:
+        if turn.status == LOST_STATUS:
+            if turn.seq in by_turn:
+                problems.append(f"turn {turn.seq} is recorded lost but has steps")
+            continue
         types = by_turn.get(turn.seq, [])
         if len(types) < 2 or types[0] != "user_input" or "model_output" not in types[1:]:
             problems.append(f"turn {turn.seq} is incomplete: {types}")
