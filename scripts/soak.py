@@ -1,6 +1,6 @@
 """Randomized reliability runs against real stores and the emulator over HTTP.
 
-Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
+Three runs (``--runs`` picks some), each on SQLite, PostgreSQL, MariaDB and Redis:
 
 - ``concurrency``: N worker processes send M turns each to ONE server-mode conversation with
   ``on_conflict="retry"``. Afterwards exactly N*M turns are stored, no step is lost or
