@@ -292,10 +292,16 @@ def run_concurrency(
         ]
         for proc in workers:
             proc.start()
-        for proc in workers:
-            proc.join(timeout=600)
-            if proc.exitcode != 0:
-                raise RuntimeError(f"worker failed with exit code {proc.exitcode}")
+        try:
+            for proc in workers:
+                proc.join(timeout=600)
+                if proc.exitcode != 0:
+                    raise RuntimeError(f"worker failed with exit code {proc.exitcode}")
+        finally:
+            for proc in workers:  # none outlives the run (its requests would land elsewhere)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=60)
         for path in results:
             report = json.loads(path.read_text())
             figures.turns_sent += report["sent"]
