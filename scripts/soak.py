@@ -123,7 +123,6 @@ predecessor left in flight, then finishes it (adopted, or recorded lost) before 
 
 
 def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int, ack_path: str) -> None:
-    from datetime import timedelta
 
     rng = random.Random(seed)
     fd = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -403,8 +402,8 @@ POINTS: dict[str, tuple[str, ...]] = {
     "send": (
         "before_post",  # the pending record is written, the request not yet sent
         "in_flight",  # the request is at the server (held there by a delay)
-        "after_response",  # the answer arrived, its id not yet recorded in the store
-        "before_commit",  # the answer's id recorded, the commit not started
+        "mid_answer",  # the server named the answer (its id recorded), the rest still arriving
+        "before_commit",  # the whole answer received, the commit not started
         "in_commit",  # at a random moment inside append_turn
         "after_commit",  # committed, the caller not yet told
     ),
@@ -455,7 +454,6 @@ def _worker_durable(
     key``, ``ANSWER id`` (a create returned), ``RECORDED id`` (``update_pending`` wrote it),
     ``ACK seq id key`` (send returned the turn), ``ACKP seq id key`` (a background turn
     handed back running)."""
-    from datetime import timedelta
 
     import httpx
 
@@ -523,6 +521,7 @@ def _worker_durable(
             real_update(pending, owner=owner)
             if pending.interaction_id:
                 log("RECORDED", pending.interaction_id)
+                hit("mid_answer")
 
         def append_turn(commit: Any) -> Any:
             hit("before_commit")
@@ -783,7 +782,6 @@ def _recover_all(
 ) -> None:
     """The next send of some conversations, then ``recover()``, then the late originals come
     back while a second recoverer runs, then ``recover()`` until nothing is left running."""
-    from datetime import timedelta
 
     short = timedelta(seconds=5)
     with (
