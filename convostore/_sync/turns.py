@@ -325,7 +325,9 @@ class TurnDriver:
         except LeaseLost:
             machine.taken_over()
             found = self.store.find_turn(
-                pending.conversation_id, tenant=pending.tenant, idempotency_key=pending.idempotency_key
+                pending.conversation_id,
+                tenant=pending.tenant,
+                idempotency_key=pending.idempotency_key,
             )
             ours = set(machine._stored_ids())
             if found is not None and found.status != LOST_STATUS and found.interaction_id in ours:
