@@ -31,6 +31,7 @@ from sqlalchemy.exc import (
     ArgumentError,
     DataError,
     DBAPIError,
+    DisconnectionError,
     IntegrityError,
     OperationalError,
     ProgrammingError,
@@ -366,12 +367,45 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["poolclass"] = sa.StaticPool
             options["connect_args"]["check_same_thread"] = False
         return options
-    options = {"pool_pre_ping": True}
+    options = {}
     if backend == "mysql":
         # An append re-reads the idempotency key after a lost version race; under
         # REPEATABLE READ that read would see the transaction's old snapshot.
         options["isolation_level"] = "READ COMMITTED"
     return options
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled connection may sit unused before its next checkout pings it first."""
+
+
+def install_idle_ping(engine: Engine | AsyncEngine, *, idle: float = PING_AFTER_IDLE) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for ``idle`` seconds.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per operation, as much as the
+    operation itself on a loopback server. A connection used a moment ago is alive as far as
+    a ping could tell; one that sat idle may have been dropped (a server restart, a proxy's
+    idle timeout), so it is pinged, and replaced when the ping fails. A failure that happens
+    between the last use and the next statement is reported as the driver reports it (a
+    StoreError), and the pool then drops every connection it held before.
+    """
+    if isinstance(engine, AsyncEngine):
+        engine = engine.sync_engine
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["convostore_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used = record.info.get("convostore_used")
+        if used is None or time.monotonic() - used < idle:
+            return  # new, or used a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the driver's error: the connection is gone
+            raise DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
 
 def _set_wal(cursor: Any, *, patience: float = 30.0) -> None:
@@ -971,3 +1005,73 @@ class AppendStatements:
                     cursor.execute("ROLLBACK")
             cursor.close()
         return True
+
+
+class OneStatementAppend:
+    """The whole append as ONE statement on PostgreSQL: data-modifying CTEs, each insert (and
+    the delete of the pending turn) reading the row the version-checked update returned, so
+    they write only if it matched. Run outside a transaction it is one round trip (a
+    statement is atomic on its own) instead of BEGIN, four statements and COMMIT. It returns
+    the number of conversations updated (0: the version check missed, nothing written).
+
+    A used idempotency key is not looked up first: a used key means either a moved version
+    (the update misses) or the unique (conversation_id, idempotency_key) index fails the
+    statement, and the caller looks the key up then (same outcome, one round trip fewer on
+    the path every turn takes).
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._shapes: dict[tuple[int, bool], DriverStatement] = {}
+
+    def _statement(self, step_count: int, with_key: bool) -> DriverStatement:
+        shape = (step_count, with_key)
+        found = self._shapes.get(shape)
+        if found is not None:
+            return found
+        updated = APPEND_UPDATE.returning(_conv.id).cte("u")
+        turn_values = [sa.bindparam(f"t_{c.name}", type_=c.type) for c in turns.columns]
+        writes: list[Any] = [
+            turns.insert()
+            .from_select(
+                [c.name for c in turns.columns], sa.select(*turn_values).select_from(updated)
+            )
+            .cte("t")
+        ]
+        for i in range(step_count):
+            payload = sa.cast(sa.bindparam(f"s{i}_payload", type_=sa.Text()), postgresql.JSONB())
+            values = sa.select(
+                updated.c.id,
+                sa.bindparam(f"s{i}_seq", type_=steps.c.seq.type),
+                sa.bindparam(f"s{i}_turn_seq", type_=steps.c.turn_seq.type),
+                sa.bindparam(f"s{i}_type", type_=steps.c.type.type),
+                payload,
+                sa.bindparam(f"s{i}_payload_text", type_=steps.c.payload_text.type),
+            ).select_from(updated)
+            columns = ["conversation_id", "seq", "turn_seq", "type", "payload", "payload_text"]
+            writes.append(steps.insert().from_select(columns, values).cte(f"s{i}"))
+        if with_key:
+            writes.append(
+                pending_turns.delete()
+                .where(
+                    _pend.conversation_id.in_(sa.select(updated.c.id)),
+                    _pend.idempotency_key == sa.bindparam("w_key"),
+                )
+                .cte("d")
+            )
+        query = sa.select(sa.func.count()).select_from(updated).add_cte(*writes)
+        statement = self._shapes[shape] = DriverStatement(query, self.dialect)
+        return statement
+
+    def prepare(self, commit: TurnCommit) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
+        """The SQL and parameters of ``commit``'s append."""
+        key = commit.turn.idempotency_key
+        statement = self._statement(len(commit.steps), key is not None)
+        values = versioned_params(commit.record, APPEND_FIELDS)
+        values.update({f"t_{name}": value for name, value in turn_row(commit.turn).items()})
+        for i, row in enumerate(step_rows(commit.steps, dialect_name=self.dialect.name)):
+            for name in ("seq", "turn_seq", "type", "payload", "payload_text"):
+                values[f"s{i}_{name}"] = row[name]
+        if key is not None:
+            values["w_key"] = key
+        return statement.sql, statement.params(values)

@@ -47,11 +47,13 @@ from .._sql import (
     SETTINGS_UPDATE,
     AppendParams,
     AppendStatements,
+    OneStatementAppend,
     conversation_row,
     conversations,
     decode_conversation,
     decode_steps,
     decode_turn,
+    install_idle_ping,
     install_sqlite_hooks,
     normalize_url,
     pending_turns,
@@ -104,6 +106,8 @@ class AsyncSQLStore(AsyncSQLPending):
         self._step_select = step_select(self._dialect)
         self._step_reads: dict[tuple[bool, bool, bool], sa.Select[Any]] = {}
         self._append_sql: AppendStatements | None = None
+        self._one_append: OneStatementAppend | None = None
+        self._autocommit: AsyncEngine | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncSQLStore:
@@ -141,8 +145,14 @@ class AsyncSQLStore(AsyncSQLPending):
                         self._engine = create_async_engine(self._sa_url, **self._options)
                         if self._dialect == "sqlite":
                             install_sqlite_hooks(self._engine)
+                        elif not self._options.get("pool_pre_ping"):
+                            install_idle_ping(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
                         self._reader = self._engine
+                        if self._dialect == "postgresql":
+                            self._autocommit = self._engine.execution_options(
+                                isolation_level="AUTOCOMMIT"
+                            )
                         if self._dialect == "postgresql" and "isolation_level" not in self._options:
                             # At READ COMMITTED every statement takes its own snapshot even
                             # inside a transaction, so one around a read buys nothing and
@@ -183,6 +193,7 @@ class AsyncSQLStore(AsyncSQLPending):
         self._closed = True
         self._ready = False
         engine, self._engine, self._writer, self._reader = self._engine, None, None, None
+        self._autocommit = None
         if engine is not None:
             await engine.dispose()
 
@@ -257,6 +268,8 @@ class AsyncSQLStore(AsyncSQLPending):
             try:
                 if key is None and self._dialect == "sqlite":
                     return await self._append_on_driver(writer, commit)
+                if self._autocommit is not None:
+                    return await self._append_in_one_statement(self._autocommit, commit)
                 async with writer.begin() as conn:
                     if key is not None:
                         stored = await self._turn_by_key(conn, record.id, record.tenant, key)
@@ -305,6 +318,30 @@ class AsyncSQLStore(AsyncSQLPending):
             if await conn.run_sync(write):
                 return AppendResult(turn=commit.turn, created=True)
             raise await self._stale(conn, commit.record)
+
+    async def _append_in_one_statement(
+        self, engine: AsyncEngine, commit: TurnCommit
+    ) -> AppendResult:
+        """PostgreSQL: the append as one statement outside a transaction (one round trip;
+        see ``_sql.OneStatementAppend``); a key already used is looked up only on a miss."""
+        record, key = commit.record, commit.turn.idempotency_key
+        async with engine.connect() as conn:
+            if self._one_append is None:
+                self._one_append = OneStatementAppend(conn.dialect)
+            sql, params = self._one_append.prepare(commit)
+            try:
+                written = (await conn.exec_driver_sql(sql, params)).scalar_one()
+            except IntegrityError as exc:  # the key (or the turn's seq) is taken
+                written, conflict = 0, exc
+            else:
+                conflict = None
+            if written == 1:
+                return AppendResult(turn=commit.turn, created=True)
+            if key is not None:
+                stored = await self._turn_by_key(conn, record.id, record.tenant, key)
+                if stored is not None:
+                    return await self._replayed(conn, stored, key)
+            raise await self._stale(conn, record) from conflict
 
     async def _write_turn(
         self, conn: AsyncConnection, sql: AppendStatements, params: AppendParams
