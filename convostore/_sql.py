@@ -31,7 +31,6 @@ from sqlalchemy.exc import (
     ArgumentError,
     DataError,
     DBAPIError,
-    DisconnectionError,
     IntegrityError,
     OperationalError,
     ProgrammingError,
@@ -367,45 +366,12 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["poolclass"] = sa.StaticPool
             options["connect_args"]["check_same_thread"] = False
         return options
-    options = {}
+    options = {"pool_pre_ping": True}
     if backend == "mysql":
         # An append re-reads the idempotency key after a lost version race; under
         # REPEATABLE READ that read would see the transaction's old snapshot.
         options["isolation_level"] = "READ COMMITTED"
     return options
-
-
-PING_AFTER_IDLE = 1.0
-"""Seconds a pooled connection may sit unused before its next checkout pings it first."""
-
-
-def install_idle_ping(engine: Engine | AsyncEngine, *, idle: float = PING_AFTER_IDLE) -> None:
-    """Ping a pooled connection at checkout only when it sat unused for ``idle`` seconds.
-
-    ``pool_pre_ping`` pings on every checkout: a round trip per operation, as much as the
-    operation itself on a loopback server. A connection used a moment ago is alive as far as
-    a ping could tell; one that sat idle may have been dropped (a server restart, a proxy's
-    idle timeout), so it is pinged, and replaced when the ping fails. A failure that happens
-    between the last use and the next statement is reported as the driver reports it (a
-    StoreError), and the pool then drops every connection it held before.
-    """
-    if isinstance(engine, AsyncEngine):
-        engine = engine.sync_engine
-    dialect = engine.dialect
-
-    @event.listens_for(engine, "checkin")
-    def _checkin(_dbapi_connection: Any, record: Any) -> None:
-        record.info["convostore_used"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        used = record.info.get("convostore_used")
-        if used is None or time.monotonic() - used < idle:
-            return  # new, or used a moment ago
-        try:
-            dialect.do_ping(dbapi_connection)
-        except Exception as exc:  # the driver's error: the connection is gone
-            raise DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
 
 def _set_wal(cursor: Any, *, patience: float = 30.0) -> None:
@@ -663,9 +629,13 @@ def decode_steps(conversation_id: str, rows: Sequence[Any]) -> list[StoredStep]:
     return out
 
 
+STORED = {"stored": True}
+"""Validation context of records read back from a store (see ``ConversationRecord._json``)."""
+
+
 def decode_conversation(row: Any) -> ConversationRecord:
     try:
-        return ConversationRecord.model_validate(dict(row._mapping))
+        return ConversationRecord.model_validate(dict(row._mapping), context=STORED)
     except PydanticValidationError as exc:
         raise CorruptRecordError(f"conversation row does not parse: {exc}") from exc
 
@@ -918,9 +888,17 @@ class DriverStatement:
             if process is not None:
                 processors[name] = process
         self._processors = processors
+        # the values a statement carries itself (literals SQLAlchemy bound anonymously)
+        self._defaults = {
+            name: bind.effective_value
+            for name, bind in compiled.binds.items()
+            if not bind.required and name in self.names
+        }
 
     def params(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         """``values`` (by bind name) in the driver's form, bind-processed."""
+        if self._defaults:
+            values = {**self._defaults, **values}
         for name, process in self._processors.items():
             values[name] = process(values[name])
         if self.positional:

@@ -49,13 +49,13 @@ from .._sql import (
     SETTINGS_UPDATE,
     AppendParams,
     AppendStatements,
+    DriverStatement,
     OneStatementAppend,
     conversation_row,
     conversations,
     decode_conversation,
     decode_steps,
     decode_turn,
-    install_idle_ping,
     install_sqlite_hooks,
     normalize_url,
     pending_turns,
@@ -106,7 +106,7 @@ class SQLStore(SQLPending):
         self._lock = threading.Lock()
         self._step_insert = step_insert(self._dialect)
         self._step_select = step_select(self._dialect)
-        self._step_reads: dict[tuple[bool, bool, bool], sa.Select[Any]] = {}
+        self._step_reads: dict[tuple[bool, bool, bool], DriverStatement] = {}
         self._append_sql: AppendStatements | None = None
         self._one_append: OneStatementAppend | None = None
         self._autocommit: Engine | None = None
@@ -147,8 +147,6 @@ class SQLStore(SQLPending):
                         self._engine = create_engine(self._sa_url, **self._options)
                         if self._dialect == "sqlite":
                             install_sqlite_hooks(self._engine)
-                        elif not self._options.get("pool_pre_ping"):
-                            install_idle_ping(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
                         self._reader = self._engine
                         if self._dialect == "postgresql":
@@ -198,6 +196,14 @@ class SQLStore(SQLPending):
         self._autocommit = None
         if engine is not None:
             engine.dispose()
+
+    def _one_statement(self, writer: Engine) -> Any:
+        """A connection for a write of one statement: outside a transaction on PostgreSQL (a
+        statement is atomic on its own, and BEGIN and COMMIT are a round trip each), in a
+        write transaction elsewhere."""
+        if self._autocommit is not None:
+            return self._autocommit.connect()
+        return writer.begin()
 
     # ------------------------------------------------------------------ helpers
 
@@ -331,12 +337,11 @@ class SQLStore(SQLPending):
             if self._one_append is None:
                 self._one_append = OneStatementAppend(conn.dialect)
             sql, params = self._one_append.prepare(commit)
+            conflict: IntegrityError | None = None
             try:
                 written = (conn.exec_driver_sql(sql, params)).scalar_one()
             except IntegrityError as exc:  # the key (or the turn's seq) is taken
                 written, conflict = 0, exc
-            else:
-                conflict = None
             if written == 1:
                 return AppendResult(turn=commit.turn, created=True)
             if key is not None:
@@ -461,18 +466,21 @@ class SQLStore(SQLPending):
             self.get_conversation(conversation_id, tenant=tenant)  # the tenant check
             return []
         shape = (after_seq > 0, turn is not None, newest is not None)
-        query = self._step_reads.get(shape)
-        if query is None:
-            query = self._step_reads[shape] = step_read(
-                self._step_select, after=shape[0], turn=shape[1], newest=shape[2]
-            )
         params: dict[str, Any] = {"w_id": conversation_id, "w_tenant": tenant}
         for name, value in (("after_seq", after_seq or None), ("turn", turn), ("newest", newest)):
             if value is not None:
                 params[name] = value
         with translate_errors(self.url):
             with engine.connect() as conn:
-                rows = (conn.execute(query, params)).all()
+                # rendered once per shape and run as driver SQL: the columns are an int, an
+                # int and JSON text, so there is nothing for SQLAlchemy to process per row
+                query = self._step_reads.get(shape)
+                if query is None:
+                    select = step_read(
+                        self._step_select, after=shape[0], turn=shape[1], newest=shape[2]
+                    )
+                    query = self._step_reads[shape] = DriverStatement(select, conn.dialect)
+                rows = (conn.exec_driver_sql(query.sql, query.params(params))).all()
                 if not rows:  # an empty range, or no such conversation in this tenant
                     self._record(conn, conversation_id, tenant)
         return decode_steps(conversation_id, rows)
