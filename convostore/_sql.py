@@ -420,7 +420,13 @@ def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        write = conn.get_execution_options().get("convostore_write", False)
+        options = conn.get_execution_options()
+        if options.get("convostore_read", False):
+            # a read of one statement (or of several that need not agree) needs no
+            # transaction: each statement reads one snapshot in autocommit mode, and a
+            # BEGIN and a ROLLBACK around it cost more than the statement
+            return
+        write = options.get("convostore_write", False)
         sql = "BEGIN IMMEDIATE" if write else "BEGIN"
         # on the driver's cursor: a statement through the Connection costs more than the
         # BEGIN itself. Its errors are wrapped as Connection.execute would wrap them.

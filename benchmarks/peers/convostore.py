@@ -111,8 +111,8 @@ class ConvostoreAdapter(Adapter):
     venv = "convostore"
     order = 5
     backends = {"sqlite": "sqlite", "pg": "pg", "redis": "redis"}
-    labels = {"sqlite": "AsyncSQLStore, sqlite+aiosqlite (WAL, synchronous=NORMAL)",
-              "pg": "AsyncSQLStore, postgresql+psycopg (async)",
+    labels = {"sqlite": "AsyncSQLiteStore: the sync store, one worker-thread hop per call (WAL, synchronous=NORMAL)",
+              "pg": "AsyncSQLStore, postgresql+psycopg (async; one-statement append)",
               "redis": "AsyncRedisStore (Lua script per append)"}
     variants = {"send": {"options": {"refresh_each_turn": True}, "workloads": ["A", "D"]},
                 "raise": {"options": {"on_conflict": "raise"}, "workloads": ["D"]}}

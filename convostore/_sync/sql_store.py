@@ -149,6 +149,8 @@ class SQLStore(SQLPending):
                             install_sqlite_hooks(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
                         self._reader = self._engine
+                        if self._dialect == "sqlite":
+                            self._reader = self._engine.execution_options(convostore_read=True)
                         if self._dialect == "postgresql":
                             self._autocommit = self._engine.execution_options(
                                 isolation_level="AUTOCOMMIT"
