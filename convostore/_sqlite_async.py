@@ -9,6 +9,12 @@ and the same transactions) runs it on a small pool of threads owned by this stor
 
 Cancelling the awaiting task does not stop an operation already running on its thread: it
 completes (or fails) there, as a statement already sent to a server would.
+
+Small bounded reads (the record, a turn by key, the turn in flight, the newest N or one turn's
+steps) run in the event loop's own thread once the store is set up: in WAL mode a reader never
+waits for a lock, so such a read takes about as long as the thread hop it saves (tens of
+microseconds). Whole-history reads and every write go to the threads. An in-memory database
+(one connection shared by every caller) keeps everything on its one thread.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from .models import (
 
 T = TypeVar("T")
 
+_INLINE_NEWEST = 200
+"""The largest ``newest`` read in the event loop's thread (see the module docstring)."""
+
 _WORKERS = 4
 """Threads per store: reads of a WAL file run side by side; writes queue in SQLite anyway."""
 
@@ -50,7 +59,8 @@ class AsyncSQLiteStore:
         self._sync = SQLStore(url, echo=echo, engine_options=engine_options)
         self.url = self._sync.url
         # an in-memory database is one connection shared by every caller: one thread
-        workers = 1 if is_memory_sqlite(normalize_url(url, is_async=False)) else _WORKERS
+        self._shared = is_memory_sqlite(normalize_url(url, is_async=False))
+        workers = 1 if self._shared else _WORKERS
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="convostore-sqlite")
         self._closed = False
 
@@ -68,6 +78,10 @@ class AsyncSQLiteStore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+    def _inline(self) -> bool:
+        """Whether a small read may run in the event loop's thread (see the module docstring)."""
+        return self._sync._ready and not self._shared and not self._closed
 
     async def _run(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         if self._closed:
@@ -87,6 +101,8 @@ class AsyncSQLiteStore:
         return await self._run(self._sync.create_conversation, record, turns=turns, steps=steps)
 
     async def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
+        if self._inline():
+            return self._sync.get_conversation(conversation_id, tenant=tenant)
         return await self._run(self._sync.get_conversation, conversation_id, tenant=tenant)
 
     async def append_turn(self, commit: TurnCommit) -> AppendResult:
@@ -95,6 +111,10 @@ class AsyncSQLiteStore:
     async def find_turn(
         self, conversation_id: str, *, tenant: str, idempotency_key: str
     ) -> TurnRecord | None:
+        if self._inline():
+            return self._sync.find_turn(
+                conversation_id, tenant=tenant, idempotency_key=idempotency_key
+            )
         return await self._run(
             self._sync.find_turn, conversation_id, tenant=tenant, idempotency_key=idempotency_key
         )
@@ -108,6 +128,11 @@ class AsyncSQLiteStore:
         newest: int | None = None,
         turn: int | None = None,
     ) -> list[StoredStep]:
+        small = turn is not None or (newest is not None and newest <= _INLINE_NEWEST)
+        if small and self._inline():
+            return self._sync.load_steps(
+                conversation_id, tenant=tenant, after_seq=after_seq, newest=newest, turn=turn
+            )
         return await self._run(
             self._sync.load_steps,
             conversation_id,
@@ -160,6 +185,8 @@ class AsyncSQLiteStore:
         await self._run(self._sync.begin_turn, pending)
 
     async def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
+        if self._inline():
+            return self._sync.get_pending(conversation_id, tenant=tenant)
         return await self._run(self._sync.get_pending, conversation_id, tenant=tenant)
 
     async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
