@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ._exceptions import ConfigurationError, StoreError
-from ._sql import is_memory_sqlite, normalize_url
+from ._sql import STORE_SETTINGS, is_memory_sqlite
 from ._sync.sql_store import SQLStore
 from .models import (
     AppendResult,
@@ -54,12 +54,17 @@ class AsyncSQLiteStore:
     """A SQLite store for asyncio (see :class:`~convostore._async.store.AsyncStore`)."""
 
     def __init__(
-        self, url: str, *, echo: bool = False, engine_options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        engine_options: dict[str, Any] | None = None,
+        **settings: Any,
     ) -> None:
-        self._sync = SQLStore(url, echo=echo, engine_options=engine_options)
+        self._sync = SQLStore(url, echo=echo, engine_options=engine_options, **settings)
         self.url = self._sync.url
         # an in-memory database is one connection shared by every caller: one thread
-        self._shared = is_memory_sqlite(normalize_url(url, is_async=False))
+        self._shared = is_memory_sqlite(self._sync._sa_url)
         workers = 1 if self._shared else _WORKERS
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="convostore-sqlite")
         self._closed = False
@@ -67,11 +72,12 @@ class AsyncSQLiteStore:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncSQLiteStore:
         """A store for ``url`` (``sqlite:///path``); no I/O happens until the first operation.
+        Options as :meth:`convostore._sync.sql_store.SQLStore.from_url` takes them.
 
         Raises:
             ConfigurationError: not a SQL URL, or an unknown option.
         """
-        unknown = set(options) - {"echo", "engine_options"}
+        unknown = set(options) - {"echo", "engine_options", *STORE_SETTINGS}
         if unknown:
             raise ConfigurationError(f"unknown SQL store option(s): {', '.join(sorted(unknown))}")
         return cls(url, **options)
