@@ -6,6 +6,8 @@
 - load of the whole history at each size and the newest-20 read, beside a bare range read
   (target: <= 1.5x); resume (open by id + newest 20) beside the bare pair (target: <= 2x);
 - storage footprint per 1,000 steps;
+- the same append, load-10,000, newest-20 and resume through the asyncio store
+  (``open_async_store``), each paired with the same floor (rows marked "asyncio");
 - the append that replaces a turn in flight (its idempotency key's pending record is deleted in
   the same write) beside a keyed append with nothing in flight (target: +0.1 ms at most).
 - the durable turn: a send's store work is now ``begin_turn`` (the pending record, before the
@@ -18,9 +20,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 import tracemalloc
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -40,7 +45,9 @@ def measure(env: Env, sizes: Sizes) -> list[Row]:
         rows = _appends(env, store, sizes)
         rows += _pending_appends(env, store, sizes)
         rows += _durable(env, store, sizes)
-        rows += _loads(env, store, sizes)
+        loads, largest = _loads(env, store, sizes)
+        rows += loads
+        rows += asyncio.run(_async_flavour(env, sizes, largest))
         return rows
     finally:
         store.close()
@@ -239,7 +246,7 @@ def _durable(env: Env, store: Any, sizes: Sizes) -> list[Row]:
     return rows
 
 
-def _loads(env: Env, store: Any, sizes: Sizes) -> list[Row]:
+def _loads(env: Env, store: Any, sizes: Sizes) -> tuple[list[Row], Any]:
     rows: list[Row] = []
     footprint: Row | None = None
     largest: Any = None
@@ -322,4 +329,110 @@ def _loads(env: Env, store: Any, sizes: Sizes) -> list[Row]:
     )
     if footprint is not None:
         rows.append(footprint)
+    return rows, largest
+
+
+async def _apaired(
+    fn: Callable[[], Awaitable[Any]], reference: Callable[[], Any], repeat: int
+) -> tuple[Stat, Stat]:
+    """``paired`` for an asyncio call beside a (sync) floor, inside one event loop."""
+    await fn()
+    reference()
+    ours: list[float] = []
+    theirs: list[float] = []
+    gc.collect()
+    for n in range(repeat):
+        if n % 2:
+            theirs.append(once(reference))
+        start = time.perf_counter()
+        await fn()
+        ours.append(time.perf_counter() - start)
+        if not n % 2:
+            theirs.append(once(reference))
+    return Stat.of(ours), Stat.of(theirs)
+
+
+async def _async_flavour(env: Env, sizes: Sizes, largest: Any) -> list[Row]:
+    """Append, load of the largest history, newest 20 and resume through the asyncio store,
+    each beside the same floor as the sync rows."""
+    store = cs.open_async_store(env.url, **env.options)
+    rows: list[Row] = []
+    try:
+        if env.name == "memory":  # a process-local store: the history is not in this one
+            record, turns, steps = _data.history(largest.step_count)
+            largest = await store.create_conversation(record, turns=turns, steps=steps)
+            env.floor.add(record, [(s.turn_seq, s.payload) for s in steps])  # type: ignore[attr-defined]
+        ours = await store.create_conversation(_data.fresh())
+        floors = await store.create_conversation(_data.fresh())
+        if env.name == "memory":
+            env.floor.add(floors)  # type: ignore[attr-defined]
+        count = min(sizes.append_turns, 300)
+        mine_commits = iter(_data.commits(ours, count))
+        floor_commits = iter(_data.commits(floors, count))
+        mine, floor = await _apaired(
+            lambda: store.append_turn(next(mine_commits)),
+            lambda: env.floor.append(next(floor_commits)),
+            count - 1,
+        )
+        rows.append(
+            Row(
+                env.name,
+                "asyncio: append one turn (2 steps)",
+                mine,
+                reference=floor,
+                reference_name="floor",
+                target=2.0,
+            )
+        )
+        cid, tenant, total = largest.id, largest.tenant, largest.step_count
+        mine, floor = await _apaired(
+            lambda: store.load_steps(cid, tenant=tenant),
+            lambda: env.floor.load(cid),
+            sizes.load_repeat,
+        )
+        rows.append(
+            Row(
+                env.name,
+                f"asyncio: load {total} steps",
+                mine,
+                reference=floor,
+                reference_name="bare range read",
+                target=1.5,
+            )
+        )
+        mine, floor = await _apaired(
+            lambda: store.load_steps(cid, tenant=tenant, newest=20),
+            lambda: env.floor.newest(cid, total, 20),
+            sizes.read_repeat,
+        )
+        rows.append(
+            Row(
+                env.name,
+                f"asyncio: newest 20 of {total} steps",
+                mine,
+                reference=floor,
+                reference_name="bare range read",
+                target=2.0,
+            )
+        )
+
+        async def resume() -> None:
+            record = await store.get_conversation(cid, tenant=tenant)
+            await store.load_steps(record.id, tenant=tenant, newest=20)
+
+        mine, floor = await _apaired(
+            resume, lambda: env.floor.resume(cid, tenant, 20), sizes.read_repeat
+        )
+        rows.append(
+            Row(
+                env.name,
+                f"asyncio: resume: open + newest 20 of {total}",
+                mine,
+                reference=floor,
+                reference_name="bare row + range read",
+                target=2.0,
+            )
+        )
+    finally:
+        await store.aclose()
     return rows

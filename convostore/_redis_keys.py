@@ -208,7 +208,8 @@ def decode_record(raw: Any) -> ConversationRecord:
     pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
     try:
         data = {k.decode(): loads(v) for k, v in pairs if not k.startswith(b"_")}
-        return ConversationRecord.model_validate(data)
+        # the store wrote it as JSON text: the JSON checks of config/metadata are moot
+        return ConversationRecord.model_validate(data, context={"stored": True})
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptRecordError(f"stored conversation does not parse: {exc}") from exc
 

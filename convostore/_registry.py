@@ -29,6 +29,11 @@ EXTRAS: dict[str, str] = {
 
 
 def _factory(url: str, flavour: str) -> Any:
+    if flavour == "_async" and url.split(":", 1)[0].split("+", 1)[0].lower() == "sqlite":
+        # asyncio on SQLite: the sync store's operations, one thread hop each
+        from ._sqlite_async import AsyncSQLiteStore
+
+        return AsyncSQLiteStore
     module_name, class_name = BACKENDS[family(url)]
     try:
         module = importlib.import_module(f"convostore.{flavour}.{module_name}")

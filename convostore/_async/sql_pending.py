@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +49,9 @@ class AsyncSQLPending:
     async def _reads(self) -> AsyncEngine:
         raise NotImplementedError  # the store's
 
+    def _one_statement(self, writer: AsyncEngine) -> Any:
+        raise NotImplementedError  # the store's
+
     async def _record(
         self, conn: AsyncConnection, conversation_id: str, tenant: str
     ) -> ConversationRecord:
@@ -59,7 +63,7 @@ class AsyncSQLPending:
         cid, tenant = pending.conversation_id, pending.tenant
         with translate_errors(self.url):
             try:
-                async with writer.begin() as conn:
+                async with self._one_statement(writer) as conn:
                     if (await conn.execute(BEGIN_PENDING, begin_params(pending))).rowcount == 1:
                         return
                     # nothing written: say why, in the contract's order of precedence
@@ -96,7 +100,7 @@ class AsyncSQLPending:
         rules.check_owner(owner)
         _, writer = await self._engines()
         with translate_errors(self.url):
-            async with writer.begin() as conn:
+            async with self._one_statement(writer) as conn:
                 updated = await conn.execute(UPDATE_PENDING, progress_params(pending, owner))
         if updated.rowcount != 1:
             raise LeaseLost(pending.conversation_id, idempotency_key=pending.idempotency_key)

@@ -48,6 +48,8 @@ from .._sql import (
     STORE_SETTINGS,
     AppendParams,
     AppendStatements,
+    DriverStatement,
+    OneStatementAppend,
     conversation_row,
     conversations,
     decode_conversation,
@@ -116,8 +118,10 @@ class AsyncSQLStore(AsyncSQLPending):
         self._lock = asyncio.Lock()
         self._step_insert = step_insert(self._dialect)
         self._step_select = step_select(self._dialect)
-        self._step_reads: dict[tuple[bool, bool, bool], sa.Select[Any]] = {}
+        self._step_reads: dict[tuple[bool, bool, bool], DriverStatement] = {}
         self._append_sql: AppendStatements | None = None
+        self._one_append: OneStatementAppend | None = None
+        self._autocommit: AsyncEngine | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncSQLStore:
@@ -161,6 +165,12 @@ class AsyncSQLStore(AsyncSQLPending):
                             install_sqlite_hooks(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
                         self._reader = self._engine
+                        if self._dialect == "sqlite":
+                            self._reader = self._engine.execution_options(convostore_read=True)
+                        if self._dialect == "postgresql":
+                            self._autocommit = self._engine.execution_options(
+                                isolation_level="AUTOCOMMIT"
+                            )
                         if self._dialect == "postgresql" and "isolation_level" not in self._options:
                             # At READ COMMITTED every statement takes its own snapshot even
                             # inside a transaction, so one around a read buys nothing and
@@ -201,8 +211,17 @@ class AsyncSQLStore(AsyncSQLPending):
         self._closed = True
         self._ready = False
         engine, self._engine, self._writer, self._reader = self._engine, None, None, None
+        self._autocommit = None
         if engine is not None:
             await engine.dispose()
+
+    def _one_statement(self, writer: AsyncEngine) -> Any:
+        """A connection for a write of one statement: outside a transaction on PostgreSQL (a
+        statement is atomic on its own, and BEGIN and COMMIT are a round trip each), in a
+        write transaction elsewhere."""
+        if self._autocommit is not None:
+            return self._autocommit.connect()
+        return writer.begin()
 
     # ------------------------------------------------------------------ helpers
 
@@ -275,6 +294,8 @@ class AsyncSQLStore(AsyncSQLPending):
             try:
                 if key is None and self._dialect == "sqlite":
                     return await self._append_on_driver(writer, commit)
+                if self._autocommit is not None:
+                    return await self._append_in_one_statement(self._autocommit, commit)
                 async with writer.begin() as conn:
                     if key is not None:
                         stored = await self._turn_by_key(conn, record.id, record.tenant, key)
@@ -323,6 +344,29 @@ class AsyncSQLStore(AsyncSQLPending):
             if await conn.run_sync(write):
                 return AppendResult(turn=commit.turn, created=True)
             raise await self._stale(conn, commit.record)
+
+    async def _append_in_one_statement(
+        self, engine: AsyncEngine, commit: TurnCommit
+    ) -> AppendResult:
+        """PostgreSQL: the append as one statement outside a transaction (one round trip;
+        see ``_sql.OneStatementAppend``); a key already used is looked up only on a miss."""
+        record, key = commit.record, commit.turn.idempotency_key
+        async with engine.connect() as conn:
+            if self._one_append is None:
+                self._one_append = OneStatementAppend(conn.dialect)
+            sql, params = self._one_append.prepare(commit)
+            conflict: IntegrityError | None = None
+            try:
+                written = (await conn.exec_driver_sql(sql, params)).scalar_one()
+            except IntegrityError as exc:  # the key (or the turn's seq) is taken
+                written, conflict = 0, exc
+            if written == 1:
+                return AppendResult(turn=commit.turn, created=True)
+            if key is not None:
+                stored = await self._turn_by_key(conn, record.id, record.tenant, key)
+                if stored is not None:
+                    return await self._replayed(conn, stored, key)
+            raise await self._stale(conn, record) from conflict
 
     async def _write_turn(
         self, conn: AsyncConnection, sql: AppendStatements, params: AppendParams
@@ -440,18 +484,21 @@ class AsyncSQLStore(AsyncSQLPending):
             await self.get_conversation(conversation_id, tenant=tenant)  # the tenant check
             return []
         shape = (after_seq > 0, turn is not None, newest is not None)
-        query = self._step_reads.get(shape)
-        if query is None:
-            query = self._step_reads[shape] = step_read(
-                self._step_select, after=shape[0], turn=shape[1], newest=shape[2]
-            )
         params: dict[str, Any] = {"w_id": conversation_id, "w_tenant": tenant}
         for name, value in (("after_seq", after_seq or None), ("turn", turn), ("newest", newest)):
             if value is not None:
                 params[name] = value
         with translate_errors(self.url):
             async with engine.connect() as conn:
-                rows = (await conn.execute(query, params)).all()
+                # rendered once per shape and run as driver SQL: the columns are an int, an
+                # int and JSON text, so there is nothing for SQLAlchemy to process per row
+                query = self._step_reads.get(shape)
+                if query is None:
+                    select = step_read(
+                        self._step_select, after=shape[0], turn=shape[1], newest=shape[2]
+                    )
+                    query = self._step_reads[shape] = DriverStatement(select, conn.dialect)
+                rows = (await conn.exec_driver_sql(query.sql, query.params(params))).all()
                 if not rows:  # an empty range, or no such conversation in this tenant
                     await self._record(conn, conversation_id, tenant)
         return decode_steps(conversation_id, rows)

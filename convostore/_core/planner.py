@@ -57,6 +57,8 @@ CONFIG_KEYS = frozenset(
 MAX_MODEL_LENGTH = 200
 CONFLICT_DELAY = 0.05
 MAX_CONFLICT_DELAY = 1.0
+CONFLICT_QUEUE_SECONDS = 60.0
+"""How long send(on_conflict="retry") re-plans after conflicts that cost no request."""
 
 _CONTENT_TYPES = frozenset({"text", "image", "audio", "video", "document"})
 _INPUT_STEP_TYPES = frozenset({"user_input", "function_result"})

@@ -140,7 +140,10 @@ class Conversation:
                 (a key is generated when none is given: the commit is always deduplicated).
             on_conflict: ``"retry"`` re-reads and re-plans (from the new head) when another
                 writer appended first; ``"raise"`` raises :class:`ConcurrentTurnError`.
-            max_conflict_retries: how many times ``"retry"`` tries again.
+            max_conflict_retries: how many times ``"retry"`` tries again after a conflict that
+                cost a request. A conflict found before anything is sent (another turn was
+                committed between the read and the begin) queues on without counting, for up
+                to a minute.
             in_flight: what to do while another turn of this conversation is in flight:
                 ``"reject"`` raises :class:`TurnInFlight` (nothing is sent), ``"wait"`` queues
                 behind it, ``"cancel"`` cancels it on the server (a background turn) first.
@@ -166,6 +169,7 @@ class Conversation:
             in_flight = "wait" if on_conflict == "retry" else "reject"
         planner.check_turn_options(in_flight=in_flight, background=background)
         attempt = 0
+        queued: float | None = None
         while True:
             prepared = self._prepare(new_steps, idempotency_key)
             if isinstance(prepared, Turn):
@@ -179,10 +183,18 @@ class Conversation:
                 self._in_flight(exc.pending, in_flight)
                 continue
             except ConcurrentTurnError:
-                attempt += 1
                 # queueing behind a turn in flight means taking the head it leaves
                 retry = on_conflict == "retry" or in_flight == "wait"
-                if not retry or attempt > max_conflict_retries:
+                if not retry:
+                    raise
+                # a conflict at begin_turn cost no request (another turn was committed
+                # between the read and the begin): queue on, within a time budget
+                free = machine.phase is lifecycle.Phase.PLANNED
+                if free and queued is None:
+                    queued = time.monotonic() + planner.CONFLICT_QUEUE_SECONDS
+                if not free or (queued is not None and time.monotonic() > queued):
+                    attempt += 1
+                if attempt > max_conflict_retries:
                     raise
                 logger.info("conversation %s: conflict, re-planning (%d)", self.id, attempt)
                 time.sleep(planner.conflict_delay(attempt))

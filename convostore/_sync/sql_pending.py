@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +50,9 @@ class SQLPending:
     def _reads(self) -> Engine:
         raise NotImplementedError  # the store's
 
+    def _one_statement(self, writer: Engine) -> Any:
+        raise NotImplementedError  # the store's
+
     def _record(
         self, conn: Connection, conversation_id: str, tenant: str
     ) -> ConversationRecord:
@@ -60,7 +64,7 @@ class SQLPending:
         cid, tenant = pending.conversation_id, pending.tenant
         with translate_errors(self.url):
             try:
-                with writer.begin() as conn:
+                with self._one_statement(writer) as conn:
                     if (conn.execute(BEGIN_PENDING, begin_params(pending))).rowcount == 1:
                         return
                     # nothing written: say why, in the contract's order of precedence
@@ -97,7 +101,7 @@ class SQLPending:
         rules.check_owner(owner)
         _, writer = self._engines()
         with translate_errors(self.url):
-            with writer.begin() as conn:
+            with self._one_statement(writer) as conn:
                 updated = conn.execute(UPDATE_PENDING, progress_params(pending, owner))
         if updated.rowcount != 1:
             raise LeaseLost(pending.conversation_id, idempotency_key=pending.idempotency_key)

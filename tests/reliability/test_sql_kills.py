@@ -111,7 +111,7 @@ def test_killed_between_turns_reconnects(
 
 @pytest.mark.parametrize(
     "statement",
-    [r"^UPDATE conversations", r"^INSERT INTO turns", r"^INSERT INTO steps"],
+    [r"(^|\()UPDATE conversations", r"(^|\()INSERT INTO turns", r"(^|\()INSERT INTO steps"],
     ids=["update", "turns-insert", "steps-insert"],
 )
 def test_killed_inside_an_append_leaves_no_partial_turn(
