@@ -43,6 +43,7 @@ from ._exceptions import (
     ValidationError,
     WrongKeyError,
 )
+from ._core.context import CompactionPolicy
 from ._migrate import upgrade as migrate
 from ._registry import open_async_store, open_store
 from ._sync.client import InteractionsClient, InteractionStream
@@ -51,6 +52,7 @@ from ._sync.conversations import Conversations
 from ._sync.encrypted_store import EncryptedStore, rotate_keys
 from ._sync.store import Store
 from .models import (
+    CompactionRecord,
     ConversationRecord,
     DeleteReport,
     Interaction,
@@ -68,6 +70,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIConnectionError",
+    "CompactionPolicy",
+    "CompactionRecord",
     "APIError",
     "APIStatusError",
     "APITimeoutError",

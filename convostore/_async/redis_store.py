@@ -45,6 +45,7 @@ from ..models import (
     TurnCommit,
     TurnRecord,
 )
+from .redis_compaction import AsyncRedisCompaction, compaction_key
 from .redis_pending import BATCH, AsyncRedisPending, translate_errors
 
 # steps read beyond N by load_steps(newest=N), so that the turn boundary before the N-th
@@ -52,7 +53,7 @@ from .redis_pending import BATCH, AsyncRedisPending, translate_errors
 _NEWEST_SLACK = 16
 
 
-class AsyncRedisStore(AsyncRedisPending):
+class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
     """A store on plain Redis (see the module docstring for the layout and its trade-offs)."""
 
     def __init__(self, client: redis.asyncio.Redis, *, url: str, key_prefix: str) -> None:
@@ -395,6 +396,7 @@ class AsyncRedisStore(AsyncRedisPending):
         async with self._client.pipeline(transaction=False) as pipe:
             for index in keys.index_keys(self._prefix, tenant, user):
                 pipe.zrem(index, member)
+            pipe.delete(compaction_key(self._prefix, conversation_id))
             for index in keys.pending_index_keys(self._prefix, tenant) if b"_pm" in fields else ():
                 pipe.zrem(index, fields[b"_pm"])
             await pipe.execute()

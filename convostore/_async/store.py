@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..models import (
     AppendResult,
+    CompactionRecord,
     ConversationRecord,
     OutboxItem,
     Page,
@@ -165,6 +166,37 @@ class AsyncStore(Protocol):
         """Delete every conversation whose ``expires_at`` is at or before ``now`` (default:
         the current time) or, when ``older_than`` is given, whose ``updated_at`` is before it.
         Returns the records deleted (or, with ``dry_run``, that would be)."""
+        ...
+
+    # ---------------------------------------------------------------- compactions
+
+    async def append_compaction(
+        self, record: ConversationRecord, compaction: CompactionRecord
+    ) -> ConversationRecord:
+        """Append a compaction (never a rewrite: no step is deleted or changed) and move the
+        conversation to its epoch, atomically, under the version check of a turn.
+
+        ``record`` is the conversation after the compaction (``context.compacted_record``):
+        its ``version`` is the stored version plus one and its ``context_epoch`` the
+        compaction's ``epoch``, the stored epoch plus one. Writes to the conversation:
+        version, context_epoch, head_interaction_id, head_created_at, head_model, updated_at.
+
+        Raises:
+            ConcurrentTurnError: the stored version is not ``record.version - 1``.
+            ConversationNotFound: missing or another tenant's.
+            ValidationError: malformed, an epoch that does not follow the stored one, or a
+                range past the stored steps or turns.
+        """
+        ...
+
+    async def load_compactions(
+        self, conversation_id: str, *, tenant: str, epoch: int | None = None
+    ) -> list[CompactionRecord]:
+        """The conversation's compactions in epoch order (``epoch``: only that one).
+
+        Raises:
+            ConversationNotFound: missing or another tenant's.
+        """
         ...
 
     # ---------------------------------------------------------------- turns in flight

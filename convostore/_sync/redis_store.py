@@ -46,6 +46,7 @@ from ..models import (
     TurnCommit,
     TurnRecord,
 )
+from .redis_compaction import RedisCompaction, compaction_key
 from .redis_pending import BATCH, RedisPending, translate_errors
 
 # steps read beyond N by load_steps(newest=N), so that the turn boundary before the N-th
@@ -53,7 +54,7 @@ from .redis_pending import BATCH, RedisPending, translate_errors
 _NEWEST_SLACK = 16
 
 
-class RedisStore(RedisPending):
+class RedisStore(RedisPending, RedisCompaction):
     """A store on plain Redis (see the module docstring for the layout and its trade-offs)."""
 
     def __init__(self, client: redis.Redis, *, url: str, key_prefix: str) -> None:
@@ -396,6 +397,7 @@ class RedisStore(RedisPending):
         with self._client.pipeline(transaction=False) as pipe:
             for index in keys.index_keys(self._prefix, tenant, user):
                 pipe.zrem(index, member)
+            pipe.delete(compaction_key(self._prefix, conversation_id))
             for index in keys.pending_index_keys(self._prefix, tenant) if b"_pm" in fields else ():
                 pipe.zrem(index, fields[b"_pm"])
             pipe.execute()

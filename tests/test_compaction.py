@@ -1,0 +1,156 @@
+"""Context lifecycle: long threads keep working. The record stays whole; requests carry a
+compacted view (a summary, or nothing, in place of the oldest turns)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import convostore as cs
+from convostore import _transfer
+from convostore._core import context as ctx
+from convostore.emulator import Emulator
+from convostore.emulator._create import resolve_chain
+from convostore.models import CompactionRecord, Reason
+
+KEY = "test-key"
+MODEL = "gemini-3-flash-preview"
+
+
+@pytest.fixture
+def client(emulator: Emulator) -> Iterator[cs.InteractionsClient]:
+    with cs.InteractionsClient(api_key=KEY, base_url=emulator.url, max_retries=0) as c:
+        yield c
+
+
+def _turn_bodies(emulator: Emulator) -> list[dict[str, Any]]:
+    """The create bodies of turns: summaries (their prompt last) and refusals left out."""
+    out = []
+    for r in emulator.requests:
+        if r.method != "POST" or r.body is None:
+            continue
+        last = (r.body.get("input") or [{}])[-1]
+        if last.get("content") == [{"type": "text", "text": ctx.SUMMARY_PROMPT}]:
+            continue
+        out.append(r.body)
+    return out
+
+
+def _seen(emulator: Emulator, body: dict[str, Any]) -> list[Any]:
+    """What the model saw for a create: the chain it continued, then its input."""
+    chain = resolve_chain(emulator._state, body.get("previous_interaction_id"))
+    return [*chain, *body["input"]]
+
+
+def _strip(steps: list[Any]) -> list[Any]:
+    # the emulator keeps its stored steps verbatim; ids and signatures are the model's own
+    return [dict(s) for s in steps]
+
+
+@pytest.mark.parametrize("mode", ["server", "stateless", "auto"])
+@pytest.mark.parametrize("summarizer", ["trim", "summarize"])
+def test_300_turns_in_a_small_window(
+    emulator: Emulator,
+    client: cs.InteractionsClient,
+    tmp_path: Any,
+    mode: str,
+    summarizer: str,
+) -> None:
+    emulator.context_window(400)
+    policy = cs.CompactionPolicy(max_input_tokens=250, keep_turns=4, summarizer=summarizer)
+    url = "memory://" if summarizer == "trim" else f"sqlite:///{tmp_path}/c.db"
+    with cs.Conversations(url, client, model=MODEL, compaction=policy) as convos:
+        conv = convos.create(tenant="acme", mode=mode)
+        turns = [conv.send(f"message number {i} about things") for i in range(1, 301)]
+        assert [t.record.seq for t in turns] == list(range(1, 301))
+        record = conv.refresh()
+        assert record.step_count == len(conv.history()) == 600
+        assert _transfer.verify(convos.store, record) == []
+        compactions = conv.compactions()
+        assert len(compactions) == record.context_epoch > 5
+        assert {c.policy for c in compactions} == {"tokens"}
+        assert all(c.summarizer == summarizer for c in compactions)
+        bodies = _turn_bodies(emulator)
+        assert len(bodies) == 300
+        for k in (1, 2, 50, 151, 299, 300):
+            assert conv.context(at_turn=k) == _strip(_seen(emulator, bodies[k - 1])), k
+        if mode != "stateless":
+            reseeded = [t for t in conv.turns() if t.reason == Reason.COMPACTED]
+            assert len(reseeded) == len(compactions)
+            assert all(t.previous_interaction_id is None for t in reseeded)
+        # the next request's view: the newest compaction's replacement, then what followed
+        view = conv.context()
+        assert view[: len(compactions[-1].steps)] == compactions[-1].steps
+        if summarizer == "summarize":
+            assert all(c.interaction_id and c.usage for c in compactions)
+            assert view[0]["content"][0]["text"].startswith(ctx.SUMMARY_LEAD)
+
+
+@pytest.mark.parametrize("mode", ["server", "stateless"])
+def test_a_refusal_compacts_and_retries_once(
+    emulator: Emulator, client: cs.InteractionsClient, mode: str
+) -> None:
+    emulator.context_window(300)
+    with cs.Conversations("memory://", client, model=MODEL) as convos:  # no trigger
+        conv = convos.create(tenant="acme", mode=mode)
+        for i in range(1, 81):
+            conv.send(f"message number {i} about things")
+        turns = conv.turns()
+        assert len(turns) == 80
+        refused = [t for t in turns if t.reason == Reason.TOO_LARGE]
+        compactions = conv.compactions()
+        assert refused and len(refused) == len(compactions)
+        assert {c.policy for c in compactions} == {"too_large"}
+        assert _transfer.verify(convos.store, conv.refresh()) == []
+        assert [t.context_epoch for t in refused] == [c.epoch for c in compactions]
+
+
+def test_without_compaction_a_long_thread_is_refused(
+    emulator: Emulator, client: cs.InteractionsClient
+) -> None:
+    emulator.context_window(200)
+    with cs.Conversations("memory://", client, model=MODEL, compaction=None) as convos:
+        conv = convos.create(tenant="acme", mode="stateless")
+        with pytest.raises(cs.APIError, match="exceeds the maximum number of tokens"):
+            for i in range(1, 60):
+                conv.send(f"message number {i} about things")
+
+
+def test_compact_on_demand_fork_and_the_turn_boundary(
+    emulator: Emulator, client: cs.InteractionsClient
+) -> None:
+    with cs.Conversations("memory://", client, model=MODEL) as convos:
+        conv = convos.create(tenant="acme", mode="server")
+        for i in range(1, 7):
+            conv.send(f"message {i}")
+        assert conv.compact(keep_turns=10) is None  # nothing old enough to cover
+        done = conv.compact(keep_turns=2, summarizer=lambda prior, covered: [covered[0]])
+        assert isinstance(done, CompactionRecord)
+        assert (done.last_turn, done.last_seq, done.summarizer) == (4, 8, "callable")
+        assert done.audit_hash == conv.turns()[3].audit_hash
+        assert conv.context() == [conv.history()[0], *conv.history()[8:]]
+        assert len(conv.history()) == 12  # nothing deleted
+        nxt = conv.send("after")
+        assert nxt.reason == Reason.COMPACTED and nxt.record.context_epoch == 1
+        fork = conv.fork(at_turn=5)
+        assert [c.last_turn for c in fork.compactions()] == [4]
+        early = conv.fork(at_turn=3)
+        assert early.compactions() == []
+
+
+def test_the_emulator_refuses_in_the_services_shape(emulator: Emulator) -> None:
+    import httpx
+
+    emulator.context_window(3)
+    body = {"model": MODEL, "input": "one two three four"}
+    answer = httpx.post(
+        f"{emulator.url}/v1beta/interactions", json=body, headers={"x-goog-api-key": KEY}
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert "exceeds the maximum number of tokens" in error["message"]
+    with pytest.raises(cs.ValidationError):
+        emulator.context_window(0)
