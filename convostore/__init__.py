@@ -8,6 +8,7 @@ from ._async.conversation import AsyncConversation, AsyncPendingTurn, AsyncTurnS
 from ._async.conversations import AsyncConversations
 from ._async.encrypted_store import AsyncEncryptedStore, async_rotate_keys
 from ._async.store import AsyncStore
+from ._core.context import CompactionPolicy
 from ._core.planner import Policy
 from ._encryption import KeyRing, RotationReport
 from ._exceptions import (
@@ -43,7 +44,6 @@ from ._exceptions import (
     ValidationError,
     WrongKeyError,
 )
-from ._core.context import CompactionPolicy
 from ._migrate import upgrade as migrate
 from ._registry import open_async_store, open_store
 from ._sync.client import InteractionsClient, InteractionStream
@@ -70,8 +70,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIConnectionError",
-    "CompactionPolicy",
-    "CompactionRecord",
     "APIError",
     "APIStatusError",
     "APITimeoutError",
@@ -85,6 +83,8 @@ __all__ = [
     "AsyncTurnStream",
     "AuthenticationError",
     "BadRequestError",
+    "CompactionPolicy",
+    "CompactionRecord",
     "ConcurrentTurnError",
     "ConfigurationError",
     "ConflictError",

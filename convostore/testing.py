@@ -46,6 +46,7 @@ from ._exceptions import (
 )
 from ._sync.store import Store
 from .models import (
+    CompactionRecord,
     ConversationRecord,
     JSONObject,
     OutboxItem,
@@ -138,6 +139,7 @@ def make_commit(
         idempotency_key=idempotency_key,
         created_at=now,
         audit_hash=after.last_turn_hash,
+        context_epoch=record.context_epoch,
     )
     steps = [
         StoredStep(
@@ -1390,6 +1392,79 @@ class StoreConformance(_Divergences):
         with pytest.raises(ValidationError):
             store.list_outbox(tenant=tenant, due_at=datetime(2030, 1, 1))
         assert store.list_outbox(tenant=tenant) == []
+
+    # ------------------------------------------------------------- compactions
+
+    def _compaction(
+        self, record: ConversationRecord, *, last_turn: int, last_seq: int, **fields: Any
+    ) -> tuple[ConversationRecord, CompactionRecord]:
+        from ._core import context
+
+        compaction = CompactionRecord(
+            conversation_id=record.id,
+            epoch=record.context_epoch + 1,
+            last_seq=last_seq,
+            last_turn=last_turn,
+            steps=fields.pop("steps", [user_step("Summary: Grüße 🎉"), model_step("ok")]),
+            summarizer=fields.pop("summarizer", "summarize"),
+            policy=fields.pop("policy", "tokens"),
+            model="m",
+            interaction_id="int_sum",
+            usage={"total_input_tokens": 12},
+            audit_hash="abc",
+            **fields,
+        )
+        return context.compacted_record(record, compaction, now=datetime.now(UTC)), compaction
+
+    def test_compaction_appends_and_keeps_every_step(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        for _ in range(3):
+            record = add_turn(store, record)
+        steps = store.load_steps(record.id, tenant=record.tenant)
+        new, compaction = self._compaction(record, last_turn=2, last_seq=4)
+        written = store.append_compaction(new, compaction)
+        assert written.version == record.version + 1
+        assert written.context_epoch == 1 and written.head_interaction_id is None
+        assert written == store.get_conversation(record.id, tenant=record.tenant)
+        assert store.load_compactions(record.id, tenant=record.tenant) == [compaction]
+        assert store.load_steps(record.id, tenant=record.tenant) == steps
+        # a turn after it carries the epoch; a second compaction follows the first
+        after = add_turn(store, written)
+        assert store.load_turns(record.id, tenant=record.tenant)[-1].context_epoch == 1
+        new2, second = self._compaction(after, last_turn=3, last_seq=6, summarizer="trim")
+        store.append_compaction(new2, second)
+        assert store.load_compactions(record.id, tenant=record.tenant) == [compaction, second]
+        assert store.load_compactions(record.id, tenant=record.tenant, epoch=2) == [second]
+        assert store.load_compactions(record.id, tenant=record.tenant, epoch=9) == []
+
+    def test_compaction_is_version_checked_and_validated(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        record = add_turn(store, record)
+        new, compaction = self._compaction(record, last_turn=1, last_seq=2)
+        stale = new.model_copy(update={"version": record.version + 5})
+        with pytest.raises(ConcurrentTurnError):
+            store.append_compaction(stale, compaction)
+        past, beyond = self._compaction(record, last_turn=1, last_seq=9)
+        with pytest.raises(ValidationError):
+            store.append_compaction(past, beyond)
+        skipped = compaction.model_copy(update={"epoch": 2})
+        with pytest.raises(ValidationError):
+            store.append_compaction(new.model_copy(update={"context_epoch": 2}), skipped)
+        other = new.model_copy(update={"tenant": "someone-else"})
+        with pytest.raises(ConversationNotFound):
+            store.append_compaction(other, compaction)
+        with pytest.raises(ConversationNotFound):
+            store.load_compactions(record.id, tenant="someone-else")
+        assert store.load_compactions(record.id, tenant=record.tenant) == []
+        assert store.get_conversation(record.id, tenant=record.tenant) == record
+
+    def test_delete_removes_compactions(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        record = add_turn(store, record)
+        store.append_compaction(*self._compaction(record, last_turn=1, last_seq=2))
+        assert store.delete_conversation(record.id, tenant=record.tenant)
+        again = store.create_conversation(make_record(id=record.id, tenant=record.tenant))
+        assert store.load_compactions(again.id, tenant=again.tenant) == []
 
     # ------------------------------------------------------------- lifecycle
 
