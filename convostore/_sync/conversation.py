@@ -233,9 +233,7 @@ class Conversation:
         record = self.refresh()
         policy = self.compaction
         if policy is not None and policy.budget(record.model) is not None and record.turn_count:
-            latest = store.load_turns(
-                self.id, tenant=tenant, after_seq=record.turn_count - 1
-            )
+            latest = store.load_turns(self.id, tenant=tenant, after_seq=record.turn_count - 1)
             if _context.should_compact(policy, record, latest[-1] if latest else None):
                 record = self._compact(record, policy, "tokens") or record
         if planner.answered_call_ids(new_steps):
