@@ -423,6 +423,7 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         except ValidationError as exc:
             problems.append(f"step {step.seq}: payload does not parse ({exc})")
             break
+    problems.extend(_compaction_problems(store, record, turns))
     if turns:
         last = turns[-1]
         if last.audit_hash is not None and record.last_turn_hash != last.audit_hash:
@@ -432,6 +433,25 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         last = answered[-1] if answered else last
         if head is not None and head != last.interaction_id:
             problems.append(f"head {head!r} is not the last turn's interaction")
+    return problems
+
+
+def _compaction_problems(
+    store: Store, record: ConversationRecord, turns: list[TurnRecord]
+) -> list[str]:
+    """Compactions: epochs 1..n ending at the record's, each covering stored turns and
+    naming the audit hash of its last covered turn."""
+    found = store.load_compactions(record.id, tenant=record.tenant)
+    problems = []
+    if [c.epoch for c in found] != list(range(1, len(found) + 1)) or (
+        len(found) != record.context_epoch
+    ):
+        problems.append(f"compaction epochs do not run 1..{record.context_epoch}")
+    for c in found:
+        if c.last_turn > len(turns):
+            problems.append(f"compaction {c.epoch} covers turn {c.last_turn}, not stored")
+        elif c.audit_hash is not None and turns[c.last_turn - 1].audit_hash != c.audit_hash:
+            problems.append(f"compaction {c.epoch}: audit hash differs from turn {c.last_turn}")
     return problems
 
 
