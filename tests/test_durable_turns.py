@@ -668,3 +668,24 @@ def test_background_turn_streamed_to_the_end(
     assert "stream it when it is ready" in "".join(texts)
     assert [t.interaction_id for t in conv.turns()] == [pending.interaction_id]
     assert store.get_pending(conv.id, tenant=tenant) is None
+
+
+def test_a_cut_unary_answer_is_fetched_not_lost(
+    tenant: str, convos: cs.Conversations, store: cs.Store, emulator: Emulator
+) -> None:
+    """A send receives its answer as a stream; cut with no checkpoint, a stored answer is
+    fetched from the server and committed; a stateless one (nothing kept) raises."""
+    text = "a question that will be cut"
+    whole = full_answer(convos, tenant, text, "server")
+    emulator.cut_stream(3)
+    conv = convos.create(tenant=tenant, mode="server")
+    turn = conv.send(text)
+    assert turn.text == whole and turn.status == "completed"
+    assert [r.method for r in emulator.requests].count("GET") >= 1
+    private = convos.create(tenant=tenant, mode="stateless")
+    emulator.cut_stream(3)
+    with pytest.raises(cs.StreamError):
+        private.send(text)
+    assert private.refresh().turn_count == 0
+    assert store.get_pending(private.id, tenant=tenant) is None
+    assert private.send(text).seq == 1

@@ -111,9 +111,20 @@ class TurnDriver:
                 # server names it: a worker killed while the answer is generated leaves an
                 # answer another worker can adopt, not an orphan nobody knows about
                 api, body = self.open_stream(machine, effect.body)
-                for _ in self.events(machine, api, body):
-                    pass
-                return self.turn
+                try:
+                    for _ in self.events(machine, api, body):
+                        pass
+                    return self.turn
+                except StreamError as exc:
+                    known = machine.pending.interaction_id
+                    if not (machine.pending.store and known) or machine.done:
+                        effect = machine.api_error(exc, now=utcnow())
+                        continue
+                    # cut with no checkpoint to resume from: the server still finishes and
+                    # keeps the answer, so fetch it rather than lose (and pay for) it twice
+                    logger.info("turn %s: stream cut (%s); fetching the answer", known, exc)
+                    effect = lifecycle.Poll(known)
+                    continue
             if isinstance(effect, lifecycle.Send):
                 effect = self.send(machine, effect.body)
             elif isinstance(effect, lifecycle.Poll):
