@@ -1466,6 +1466,35 @@ class StoreConformance(_Divergences):
         again = store.create_conversation(make_record(id=record.id, tenant=record.tenant))
         assert store.load_compactions(again.id, tenant=again.tenant) == []
 
+    def test_step_range_pages_through_the_record(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        for i in range(5):
+            record = add_turn(store, record, [user_step(f"q{i}"), model_step(f"a{i}")])
+        every = store.load_steps(record.id, tenant=record.tenant)
+        cid, tenant = record.id, record.tenant
+        assert store.load_step_range(cid, tenant=tenant) == every
+        assert store.load_step_range(cid, tenant=tenant, after_seq=3, limit=4) == every[3:7]
+        assert store.load_step_range(cid, tenant=tenant, before_seq=9, limit=3) == every[5:8]
+        assert store.load_step_range(cid, tenant=tenant, before_seq=3, limit=9) == every[:2]
+        assert store.load_step_range(cid, tenant=tenant, after_seq=2, before_seq=6) == every[2:5]
+        assert store.load_step_range(cid, tenant=tenant, after_seq=10) == []
+        assert store.load_step_range(cid, tenant=tenant, before_seq=1, limit=5) == []
+        # scrolling back page by page visits every step once
+        pages: list[StoredStep] = []
+        before = len(every) + 1
+        while True:
+            page = store.load_step_range(cid, tenant=tenant, before_seq=before, limit=3)
+            if not page:
+                break
+            pages = page + pages
+            before = page[0].seq
+        assert pages == every
+        with pytest.raises(ConversationNotFound):
+            store.load_step_range(cid, tenant="someone-else")
+        for bad in ({"after_seq": -1}, {"before_seq": 0}, {"limit": 0}, {"limit": True}):
+            with pytest.raises(ValidationError):
+                store.load_step_range(cid, tenant=tenant, **bad)
+
     # ------------------------------------------------------------- lifecycle
 
     def test_close_twice(self, store_factory: Callable[[], Store]) -> None:

@@ -132,6 +132,13 @@ def test_compact_on_demand_fork_and_the_turn_boundary(
         assert done.audit_hash == conv.turns()[3].audit_hash
         assert conv.context() == [conv.history()[0], *conv.history()[8:]]
         assert len(conv.history()) == 12  # nothing deleted
+        # scroll-back reads the whole record, compacted turns included
+        every = conv.history()
+        assert conv.history(before_seq=5, limit=2) == every[2:4]
+        assert conv.history(after_seq=10, limit=5) == every[10:]
+        assert [s.seq for s in conv.page(before_seq=13, limit=3)] == [10, 11, 12]
+        with pytest.raises(cs.ValidationError):
+            conv.history(newest=2, limit=2)
         nxt = conv.send("after")
         assert nxt.reason == Reason.COMPACTED and nxt.record.context_epoch == 1
         fork = conv.fork(at_turn=5)

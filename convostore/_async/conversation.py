@@ -32,6 +32,7 @@ from ..models import (
     JSONObject,
     PendingTurnRecord,
     StepDeltaEvent,
+    StoredStep,
     TextDelta,
     Turn,
     TurnRecord,
@@ -470,10 +471,44 @@ class AsyncConversation:
 
     # ------------------------------------------------------------------ reading
 
-    async def history(self, *, newest: int | None = None) -> list[JSONObject]:
-        """Every step in order as wire JSON (``newest=N``: the last N, cut at a turn boundary)."""
-        steps = await self._store.load_steps(self.id, tenant=self.tenant, newest=newest)
+    async def history(
+        self,
+        *,
+        newest: int | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[JSONObject]:
+        """Every step in order as wire JSON (``newest=N``: the last N, cut at a turn boundary).
+
+        Scroll-back through the whole record (compacted turns included): ``before_seq`` and
+        ``limit`` give the ``limit`` steps before that seq, ``after_seq`` and ``limit`` the
+        ones after it (step seqs are 1-based; ``history(after_seq=0, limit=50)`` is the
+        first page). Use :meth:`page` for the seqs too.
+        """
+        if before_seq is None and after_seq is None and limit is None:
+            steps = await self._store.load_steps(self.id, tenant=self.tenant, newest=newest)
+        else:
+            if newest is not None:
+                raise ValidationError("newest cannot be combined with before_seq/after_seq/limit")
+            steps = await self.page(before_seq=before_seq, after_seq=after_seq, limit=limit)
         return [s.payload for s in steps]
+
+    async def page(
+        self,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        """A page of the record as stored steps (with their seqs), a keyset read."""
+        return await self._store.load_step_range(
+            self.id,
+            tenant=self.tenant,
+            after_seq=after_seq or 0,
+            before_seq=before_seq,
+            limit=limit,
+        )
 
     async def turns(self) -> list[TurnRecord]:
         """Every committed turn, in order."""

@@ -294,6 +294,22 @@ class AsyncEncryptedStore:
         dek = await self._fresh_dek(conversation_id, tenant)
         return [open_compaction(dek, c) for c in found]
 
+    async def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        stored = await self.inner.load_step_range(
+            conversation_id, tenant=tenant, after_seq=after_seq, before_seq=before_seq, limit=limit
+        )
+        if not stored:
+            return []
+        return enc.open_steps(await self._fresh_dek(conversation_id, tenant), stored)
+
     # ------------------------------------------------------------------ turns in flight
 
     async def _open_pending(self, stored: PendingTurnRecord) -> PendingTurnRecord:

@@ -199,6 +199,26 @@ class AsyncStore(Protocol):
         """
         ...
 
+    async def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        """A page of the record, in seq order: the steps with ``after_seq < seq < before_seq``
+        (a keyset read: only the page is read). With ``limit``, at most that many: the last
+        ones before ``before_seq`` when it is given (scrolling back), else the first ones
+        after ``after_seq``. Pages need not start at a turn boundary.
+
+        Raises:
+            ConversationNotFound: missing or another tenant's.
+            ValidationError: a negative seq or a limit below 1.
+        """
+        ...
+
     # ---------------------------------------------------------------- turns in flight
 
     async def begin_turn(self, pending: PendingTurnRecord) -> None:

@@ -278,3 +278,33 @@ def check_load_compactions(conversation_id: object, tenant: object, epoch: objec
 def select(found: Sequence[CompactionRecord], epoch: int | None) -> list[CompactionRecord]:
     ordered = sorted(found, key=lambda c: c.epoch)
     return ordered if epoch is None else [c for c in ordered if c.epoch == epoch]
+
+
+def check_step_range(
+    conversation_id: object, tenant: object, after_seq: object, before_seq: object, limit: object
+) -> None:
+    """Check ``load_step_range``'s arguments."""
+    check_id(conversation_id, "conversation id")
+    check_id(tenant, "tenant")
+    for name, value, minimum in (("after_seq", after_seq, 0), ("before_seq", before_seq, 1)):
+        if value is None and name == "before_seq":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValidationError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValidationError(f"limit must be a positive integer; got {limit!r}")
+
+
+def step_window(
+    step_count: int, after_seq: int, before_seq: int | None, limit: int | None
+) -> tuple[int, int]:
+    """The seqs ``[first, last]`` a ``load_step_range`` returns (empty when first > last):
+    with ``before_seq`` and ``limit``, the last ``limit`` before it; else the first after."""
+    first = after_seq + 1
+    last = step_count if before_seq is None else min(step_count, before_seq - 1)
+    if limit is not None:
+        if before_seq is not None:
+            first = max(first, last - limit + 1)
+        else:
+            last = min(last, first + limit - 1)
+    return first, last

@@ -341,6 +341,28 @@ class MemoryStore:
         found = [CompactionRecord.model_validate_json(text) for text in texts]
         return _context.select(found, epoch)
 
+    def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        _context.check_step_range(conversation_id, tenant, after_seq, before_seq, limit)
+        with self._state.lock:
+            conv = self._get(conversation_id, tenant)
+            first, last = _context.step_window(len(conv.steps), after_seq, before_seq, limit)
+            rows = conv.steps[first - 1 : last] if first <= last else []
+        payloads = rules.loads("[" + ",".join(text for _, text in rows) + "]", "stored steps")
+        return [
+            rules.stored_step(conversation_id, seq, turn_seq, payload)
+            for seq, ((turn_seq, _), payload) in enumerate(
+                zip(rows, payloads, strict=True), start=first
+            )
+        ]
+
     # ----------------------------------------------------------------- turns in flight
 
     def begin_turn(self, pending: PendingTurnRecord) -> None:

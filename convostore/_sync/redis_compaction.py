@@ -27,7 +27,7 @@ from .._exceptions import (
     CorruptRecordError,
     ValidationError,
 )
-from ..models import CompactionRecord, ConversationRecord
+from ..models import CompactionRecord, ConversationRecord, StoredStep
 from .redis_pending import translate_errors
 
 _FIRST_VALUE = 7
@@ -73,6 +73,28 @@ class RedisCompaction:
 
     def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
         raise NotImplementedError  # the store's
+
+    def _scoped(self, conversation_id: str, tenant: str, *commands: Any) -> list[Any]:
+        raise NotImplementedError  # the store's
+
+    def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        _context.check_step_range(conversation_id, tenant, after_seq, before_seq, limit)
+        steps_key = keys.conversation_keys(self._prefix, conversation_id)[2]
+        with translate_errors():
+            found = self._scoped(conversation_id, tenant)
+            first, last = _context.step_window(found[0], after_seq, before_seq, limit)
+            if first > last:
+                return []
+            rows: Any = self._client.lrange(steps_key, first - 1, last - 1)
+        return keys.decode_steps(conversation_id, first, rows)
 
     def append_compaction(
         self, record: ConversationRecord, compaction: CompactionRecord

@@ -8,15 +8,24 @@ and one INSERT, in one transaction; nothing in ``steps`` or ``turns`` is touched
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from .._core import context as _context
 from .._core.store_rules import dumps, loads
 from .._exceptions import ConcurrentTurnError, ConversationNotFound, CorruptRecordError
-from .._sql import SELECT_CONVERSATION, compactions, conversations, translate_errors
+from .._sql import (
+    SELECT_CONVERSATION,
+    compactions,
+    conversations,
+    decode_steps,
+    steps,
+    translate_errors,
+)
 from .._sql import decode_conversation as _decode_conversation
-from ..models import CompactionRecord, ConversationRecord
+from ..models import CompactionRecord, ConversationRecord, StoredStep
 
 _c = conversations.c
 COMPACT_UPDATE = (
@@ -54,9 +63,10 @@ def decode_compaction(text: str) -> CompactionRecord:
 
 
 class SQLCompaction:
-    """Compactions (see the module docstring)."""
+    """Compactions and pages of the record (see the module docstring)."""
 
     url: str
+    _step_select: sa.Select[Any]
 
     def _engines(self) -> tuple[Engine, Engine]:
         raise NotImplementedError  # the store's
@@ -106,3 +116,31 @@ class SQLCompaction:
                 self._compaction_scope(conn, conversation_id, tenant)
                 texts = list((conn.execute(query)).scalars())
         return [decode_compaction(text) for text in texts]
+
+    def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        _context.check_step_range(conversation_id, tenant, after_seq, before_seq, limit)
+        seq = steps.c.seq
+        query = self._step_select.where(steps.c.conversation_id == conversation_id)
+        query = query.where(seq > after_seq)
+        if before_seq is not None:
+            query = query.where(seq < before_seq)
+        backwards = before_seq is not None and limit is not None
+        query = query.order_by(seq.desc() if backwards else seq)
+        if limit is not None:
+            query = query.limit(limit)
+        engine = self._reads()
+        with translate_errors(self.url):
+            with engine.connect() as conn:
+                self._compaction_scope(conn, conversation_id, tenant)
+                rows = list((conn.execute(query)).all())
+        if backwards:
+            rows.reverse()
+        return decode_steps(conversation_id, rows)
