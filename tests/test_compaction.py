@@ -235,3 +235,38 @@ def test_compactions_round_trip_on_every_backend(
         target.close()
         copied.close()
     store.close()
+
+
+def test_cli_compact_show_marker_and_context_at(
+    emulator: Emulator,
+    client: cs.InteractionsClient,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from convostore.cli import run
+
+    monkeypatch.setenv("COLUMNS", "200")
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    with cs.Conversations(url, client, model=MODEL) as convos:
+        conv = convos.create(tenant="acme", mode="server")
+        for i in range(1, 6):
+            conv.send(f"message {i}")
+    where = ("--store", url, "--tenant", "acme")
+    capsys.readouterr()
+    assert run(["compact", conv.id, *where, "--keep-turns", "2"]) == 0
+    assert "turns 1\u20133 compacted: trim (manual)" in capsys.readouterr().out
+    with cs.Conversations(url, client, model=MODEL) as convos:
+        again = convos.get(conv.id, tenant="acme")
+        again.send("six")
+        expected = again.context(at_turn=6)
+    assert run(["show", conv.id, *where]) == 0
+    text = capsys.readouterr().out
+    assert text.index("turns 1\u20133 compacted") < text.index("turn 4 ·")
+    assert "turn 6 · stateless · compacted" in text
+    assert run(["show", conv.id, *where, "--context-at", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == expected
+    assert run(["compact", conv.id, *where, "--keep-turns", "9"]) == 0
+    assert "nothing to compact" in capsys.readouterr().out
