@@ -270,3 +270,31 @@ def test_cli_compact_show_marker_and_context_at(
     assert json.loads(capsys.readouterr().out) == expected
     assert run(["compact", conv.id, *where, "--keep-turns", "9"]) == 0
     assert "nothing to compact" in capsys.readouterr().out
+
+
+def test_the_async_flavour_compacts_on_a_refusal_and_on_demand(emulator: Emulator) -> None:
+    import asyncio
+
+    async def main() -> None:
+        emulator.context_window(150)
+        async with (
+            cs.AsyncInteractionsClient(api_key=KEY, base_url=emulator.url) as client,
+            cs.AsyncConversations("memory://", client, model=MODEL) as convos,
+        ):
+            conv = await convos.create(tenant="acme", mode="auto")
+            for i in range(1, 25):
+                await conv.send(f"message number {i} about things")
+            turns = await conv.turns()
+            assert any(t.reason == Reason.TOO_LARGE for t in turns)
+            done = await conv.compact(keep_turns=1)
+            assert done is not None and done.policy == "manual"
+            assert (await conv.context())[-1] == (await conv.history())[-1]
+            nxt = await conv.send("and now?")
+            assert nxt.reason == Reason.COMPACTED
+            assert await conv.context(at_turn=nxt.record.seq) == [
+                *done.steps,
+                *(await conv.history())[done.last_seq : -2],
+                *nxt.input_steps,
+            ]
+
+    asyncio.run(main())

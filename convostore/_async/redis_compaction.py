@@ -76,6 +76,15 @@ class AsyncRedisCompaction:
     async def _scoped(self, conversation_id: str, tenant: str, *commands: Any) -> list[Any]:
         raise NotImplementedError  # the store's
 
+    async def _expire_compactions(self, record: ConversationRecord) -> None:
+        """The compactions take the conversation's expiry (after ``update_conversation``)."""
+        key = compaction_key(self._prefix, record.id)
+        with translate_errors():
+            if record.expires_at is None:
+                await self._client.persist(key)
+            else:
+                await self._client.pexpireat(key, int(record.expires_at.timestamp() * 1000))
+
     async def load_step_range(
         self,
         conversation_id: str,

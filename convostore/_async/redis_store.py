@@ -373,6 +373,7 @@ class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
             raise ConcurrentTurnError(
                 record.id, expected_version=record.version - 1, actual_version=int(status[1])
             )
+        await self._expire_compactions(record)
         return keys.decode_record(status[1])
 
     async def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:

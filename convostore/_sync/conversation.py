@@ -21,6 +21,7 @@ from .._core import lifecycle, planner
 from .._exceptions import (
     APIError,
     ConcurrentTurnError,
+    CorruptRecordError,
     InteractionFailed,
     LeaseLost,
     StreamError,
@@ -297,8 +298,10 @@ class Conversation:
         after = 0
         if epoch:
             found = self._store.load_compactions(self.id, tenant=self.tenant, epoch=epoch)
-            compaction = found[0] if found else None
-            after = compaction.last_seq if compaction is not None else 0
+            if not found:  # never send the whole record in place of a lost view
+                raise CorruptRecordError(f"compaction {epoch} of {self.id!r} is missing")
+            compaction = found[0]
+            after = compaction.last_seq
         loaded = self._store.load_steps(self.id, tenant=self.tenant, after_seq=after)
         if before_turn is not None:
             loaded = [s for s in loaded if s.turn_seq < before_turn]

@@ -374,6 +374,7 @@ class RedisStore(RedisPending, RedisCompaction):
             raise ConcurrentTurnError(
                 record.id, expected_version=record.version - 1, actual_version=int(status[1])
             )
+        self._expire_compactions(record)
         return keys.decode_record(status[1])
 
     def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
