@@ -5,13 +5,16 @@
   append of the same turn to a conversation of its own (target: <= 2x);
 - load of the whole history at each size and the newest-20 read, beside a bare range read
   (target: <= 1.5x); resume (open by id + newest 20) beside the bare pair (target: <= 2x);
-- storage footprint per 1,000 steps.
+- storage footprint per 1,000 steps;
+- the append that replaces a turn in flight (its idempotency key's pending record is deleted in
+  the same write) beside a keyed append with nothing in flight (target: +0.1 ms at most).
 """
 
 from __future__ import annotations
 
 import gc
 import tracemalloc
+import uuid
 from typing import Any
 
 import convostore as cs
@@ -26,6 +29,7 @@ def measure(env: Env, sizes: Sizes) -> list[Row]:
     store = cs.open_store(env.url, **env.options)
     try:
         rows = _appends(env, store, sizes)
+        rows += _pending_appends(env, store, sizes)
         rows += _loads(env, store, sizes)
         return rows
     finally:
@@ -87,6 +91,37 @@ def _appends(env: Env, store: Any, sizes: Sizes) -> list[Row]:
             reference_name="floor",
             target=2.0,
         ),
+    ]
+
+
+def _pending_appends(env: Env, store: Any, sizes: Sizes) -> list[Row]:
+    """Keyed appends, interleaved: each replacing its turn in flight (begun beforehand,
+    untimed), or with nothing in flight."""
+    from convostore.testing import make_commit, make_pending
+
+    records = {flag: store.create_conversation(_data.fresh()) for flag in (True, False)}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    gc.collect()
+    for n in range(sizes.append_turns):
+        for in_flight in (True, False) if n % 2 else (False, True):
+            record = records[in_flight]
+            key = uuid.uuid4().hex
+            commit = make_commit(record, _data.turn_payloads(n), idempotency_key=key)
+            if in_flight:
+                store.begin_turn(make_pending(record, idempotency_key=key))
+            times[in_flight].append(once(lambda: store.append_turn(commit)))  # noqa: B023
+            records[in_flight] = commit.record
+    ours, plain = Stat.of(times[True]), Stat.of(times[False])
+    extra = (ours.median - plain.median) * 1000
+    return [
+        Row(
+            env.name,
+            "append replacing its turn in flight",
+            ours,
+            reference=plain,
+            reference_name="keyed append, none in flight",
+            note=f"{extra:+.3f} ms (target <= +0.1 ms: {'ok' if extra <= 0.1 else 'MISS'})",
+        )
     ]
 
 

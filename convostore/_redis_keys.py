@@ -18,8 +18,8 @@ Indexes (each in a slot of its own; written outside the scripts)::
     <prefix>pidx:t:<tenant>          a tenant's turns in flight
 
 The outbox is one hash of items (id -> JSON) and a sorted set of their ids by next attempt
-(score: microseconds since the epoch), both under the hash tag ``{outbox}`` so a MULTI or a
-script may touch the two on Redis Cluster::
+(score: microseconds since the epoch), both under the hash tag ``{outbox}`` so that one script
+writes the two, on Redis Cluster too::
 
     <prefix>{outbox}:items   <prefix>{outbox}:due
 
@@ -287,21 +287,25 @@ def append_values(record: ConversationRecord) -> list[str]:
 # KEYS: record, turns, steps, keys, pending.  ARGV: tenant JSON, expected version,
 # idempotency key or "", turn element, turn seq, stored turn count, stored step count,
 # append_values…, steps…  The TTL follows the stored "_exp" field (ms, or "" for none).
-# Returns {0} missing, {1, turn, m} key already used, {2, version} stale, {4} counts do not
-# continue, {3, m} written (also for a re-run of itself, found by its "_w" token); m is the
-# index member of the pending turn carrying the key, deleted with the write, or nil.
+# Returns {0} missing, {1, turn} key already used, {2, version} stale, {4} counts do not
+# continue, {3} written (also for a re-run of itself, found by its "_w" token).  Either way
+# the pending turn carrying the key is deleted; its listing-index member is noted in the
+# record's "_pstale", which the next BEGIN (or DELETE) hands back for removal: no round trip
+# of its own per turn, and at most one stale index entry per conversation.
 APPEND = f"""
 local function drop_pending()
-  if ARGV[3] == '' or redis.call('HGET', KEYS[5], '_key') ~= ARGV[3] then return false end
-  local member = redis.call('HGET', KEYS[5], '_m')
+  if ARGV[3] == '' or redis.call('HGET', KEYS[5], '_key') ~= ARGV[3] then return end
+  redis.call('HSET', KEYS[1], '_pstale', redis.call('HGET', KEYS[5], '_m'))
   redis.call('DEL', KEYS[5])
-  return member
 end
 local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', 'step_count', '_exp')
 if now[1] ~= ARGV[1] then return {{0}} end
 if ARGV[3] ~= '' then
   local seq = redis.call('HGET', KEYS[4], ARGV[3])
-  if seq then return {{1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1), drop_pending()}} end
+  if seq then
+    drop_pending()
+    return {{1, redis.call('LINDEX', KEYS[2], tonumber(seq) - 1)}}
+  end
 end
 if now[2] ~= ARGV[2] then
   if tonumber(now[2]) == tonumber(ARGV[2]) + 1 then
@@ -321,11 +325,11 @@ redis.call('HSET', KEYS[1], {_HSET_APPEND})
 for j = {_FIRST_STEP}, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
-local member = drop_pending()
+drop_pending()
 if now[5] and now[5] ~= '' then
   for _, key in ipairs(KEYS) do redis.call('PEXPIREAT', key, now[5]) end
 end
-return {{3, member}}
+return {{3}}
 """
 
 # KEYS: record, turns, steps, keys, pending.  ARGV: tenant JSON, expected version, field
@@ -355,8 +359,9 @@ return {3, redis.call('HGETALL', KEYS[1])}
 )
 
 # KEYS: record, turns, steps, keys, tombstone, pending.  ARGV: tenant JSON, token of this
-# call.  Returns the user and created_at of the deleted record and the index member of its
-# pending turn under "_pm", if any (what the index entries need), or {}.
+# call.  Returns the user and created_at of the deleted record, and the listing-index
+# members of its pending turn ("_pm") and of a committed one ("_ps", see APPEND) if any
+# (what the index entries need), or {}.
 # The tombstone keeps just those and the token for a minute, so that a re-run of an applied
 # delete (its reply lost) still reports the deletion and lets the caller clean the indexes.
 DELETE = """
@@ -364,13 +369,15 @@ if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then
   if redis.call('HGET', KEYS[5], '_w') == ARGV[2] then return redis.call('HGETALL', KEYS[5]) end
   return {}
 end
-local kept = redis.call('HMGET', KEYS[1], 'user', 'created_at')
+local kept = redis.call('HMGET', KEYS[1], 'user', 'created_at', '_pstale')
 local pending = redis.call('HGET', KEYS[6], '_m')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
 local fields = {'user', kept[1] or 'null', 'created_at', kept[2] or 'null'}
-if pending then
-  table.insert(fields, '_pm')
-  table.insert(fields, pending)
+for name, member in pairs({_pm = pending, _ps = kept[3]}) do
+  if member then
+    table.insert(fields, name)
+    table.insert(fields, member)
+  end
 end
 redis.call('HSET', KEYS[5], '_w', ARGV[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[5], 60000)
@@ -380,9 +387,10 @@ return fields
 # KEYS: record, pending.  ARGV: tenant JSON, planned version, stored turn count expected,
 # token of this call, pending fields…  The pending hash takes the conversation's TTL.
 # Returns {0} missing, {1, pending} a turn is in flight, {2, version} stale, {4} not the
-# next seq, {3} written (also for a re-run of itself, found by its token).
+# next seq, {3, m} written (also for a re-run of itself, found by its token), with m the
+# stale listing-index member noted by APPEND, to remove (or nil).
 BEGIN = """
-local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', '_exp')
+local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'turn_count', '_exp', '_pstale')
 if now[1] ~= ARGV[1] then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('HGET', KEYS[2], '_w') == ARGV[4] then return {3} end
@@ -392,7 +400,8 @@ if now[2] ~= ARGV[2] then return {2, now[2]} end
 if now[3] ~= ARGV[3] then return {4} end
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 if now[4] and now[4] ~= '' then redis.call('PEXPIREAT', KEYS[2], now[4]) end
-return {3}
+if now[5] then redis.call('HDEL', KEYS[1], '_pstale') end
+return {3, now[5]}
 """
 
 # KEYS: pending.  ARGV: tenant JSON, key, owner JSON, progress fields…  Returns 1 when
@@ -429,5 +438,23 @@ UPDATE_OUTBOX = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 1
+"""
+
+# KEYS: outbox items, outbox due.  ARGV: (id, item JSON, next attempt in us) for each item.
+ADD_OUTBOX = """
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
+end
+return 1
+"""
+
+# KEYS: outbox items, outbox due.  ARGV: ids.
+REMOVE_OUTBOX = """
+if #ARGV > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ARGV))
+  redis.call('ZREM', KEYS[2], unpack(ARGV))
+end
 return 1
 """

@@ -1182,10 +1182,23 @@ class StoreConformance(_Divergences):
         now = base + timedelta(minutes=10)
         assert store.list_pending(tenant=tenant, expired_at=now) == [made[2], made[0]]
         assert store.list_pending(tenant=tenant, expired_at=base) == []
-        everyone = [p.conversation_id for p in store.list_pending(tenant=None, limit=1000)]
-        ours = [p.conversation_id for p in [*ties, made[2], made[0]]]
-        assert [c for c in everyone if c in ours] == ours
-        assert neighbour.id in everyone
+        # every tenant: earlier than anything any other test writes, and earlier on every
+        # call, so that the first page holds these two only, even in a shared database
+        stamp = datetime(2000, 1, 1, tzinfo=UTC) - timedelta(microseconds=time.time_ns() // 100)
+        firsts = []
+        for offset in (1, 0):
+            record = store.create_conversation(make_record())
+            firsts.append(
+                make_pending(
+                    record,
+                    created_at=stamp + timedelta(microseconds=offset),
+                    lease_expires_at=stamp,
+                )
+            )
+            store.begin_turn(firsts[-1])
+        assert store.list_pending(tenant=None, limit=2) == firsts[::-1]
+        assert store.list_pending(tenant=None, expired_at=stamp, limit=2) == firsts[::-1]
+        assert neighbour.id in [p.conversation_id for p in store.list_pending(tenant=other)]
         assert store.list_pending(tenant=new_id("t")) == []
         for bad_limit in (0, -1, 1001, "5"):
             with pytest.raises(ValidationError):

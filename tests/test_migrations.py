@@ -162,6 +162,16 @@ def test_sqlite_file_migrates_itself(tmp_path: Path) -> None:
     assert _migrate.current(url) == _migrate.head()
 
 
+def test_sqlite_file_at_0001_migrates_itself_on_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _migrate.upgrade(url, "0001")
+    store = cs.open_store(url)
+    record = store.create_conversation(make_record())
+    store.begin_turn(make_pending(record))
+    store.close()
+    assert _migrate.current(url) == _migrate.head() == "0002"
+
+
 def test_unmigrated_server_database_names_the_command(fresh_postgres: str) -> None:
     # trust authentication ignores the password, which must never be printed
     url = sa.make_url(fresh_postgres).set(password="s3cret").render_as_string(False)

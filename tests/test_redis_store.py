@@ -20,6 +20,7 @@ from redis.crc import key_slot
 
 import convostore as cs
 from convostore._async.redis_store import AsyncRedisStore
+from convostore._redis_keys import index_member
 from convostore._sync.redis_store import RedisStore
 from convostore.models import utcnow
 from convostore.testing import (
@@ -125,9 +126,20 @@ def test_pending_turn_shares_the_slot_and_the_ttl(
     assert raw.ttl(key) == -1
     index = f"{redis_prefix}pidx:t:{record.tenant}"
     assert raw.zcard(index) == 1
-    add_turn(store, record, idempotency_key=pending.idempotency_key)
+    record = add_turn(store, record, idempotency_key=pending.idempotency_key)
     assert not raw.exists(key)
-    assert raw.zcard(index) == 0  # the commit's index entry went with it
+    # the commit leaves its index entry to the next begin, which removes it in passing
+    assert raw.zcard(index) == 1
+    following = make_pending(record)
+    store.begin_turn(following)
+    assert raw.zrange(index, 0, -1) == [index_member(following.created_at, record.id).encode()]
+    add_turn(store, record, idempotency_key=following.idempotency_key)
+    assert raw.zcard(index) == 1
+    assert store.list_pending(tenant=record.tenant) == []
+    assert raw.zcard(index) == 0  # listing removed it
+    store.begin_turn(make_pending(store.get_conversation(record.id, tenant=record.tenant)))
+    assert store.delete_conversation(record.id, tenant=record.tenant)
+    assert raw.zcard(index) == 0  # and a delete removes the entry of its turn in flight
 
 
 def test_dangling_pending_index_entries_are_skipped_and_removed(

@@ -5,9 +5,12 @@ translation of redis-py errors both use. Keys and scripts are in ``convostore._r
 
 A turn in flight is one hash under the conversation's hash tag, written by scripts that check
 the conversation (begin) or the lease (update, claim, release); the append and delete scripts
-remove it. Its entries in the listing index are written after the begin script and removed
-after the script that deleted it; ``list_pending`` skips and removes those left behind (a
-crash, an expiry). The outbox is a hash and a sorted set under one hash tag.
+remove it. Its entries in the listing index are written after the begin script, and removed
+after a release or a delete; a commit (the append script) leaves its entry to the next begin
+on that conversation to remove, in the round trip that writes the new one, so a turn costs
+no extra round trip. ``list_pending`` skips and removes entries left behind (the last
+commit of a conversation, a crash, an expiry). The outbox is a hash and a sorted set under
+one hash tag, written by scripts.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class RedisPending:
                 with self._client.pipeline(transaction=False) as pipe:
                     for index in keys.pending_index_keys(self._prefix, tenant):
                         pipe.zadd(index, {member: 0})
+                        if len(status) > 1 and status[1]:  # the previous turn's entry
+                            pipe.zrem(index, status[1])
                     pipe.execute()
                 return
         if status[0] == 0:
@@ -189,16 +194,13 @@ class RedisPending:
 
     def add_outbox(self, items: Sequence[OutboxItem]) -> None:
         checked = {item.id: item for item in rules.check_outbox_items(items)}
-        if not checked:
-            return
-        items_key, due_key = keys.outbox_keys(self._prefix)
+        args = []
+        for item_id, item in checked.items():
+            args += [item_id, item.model_dump_json(), str(rules.epoch_us(item.next_attempt_at))]
         with translate_errors():
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(items_key, mapping={i: x.model_dump_json() for i, x in checked.items()})
-                pipe.zadd(
-                    due_key, {i: rules.epoch_us(x.next_attempt_at) for i, x in checked.items()}
-                )
-                pipe.execute()
+            for start in range(0, len(args), 3 * BATCH):
+                chunk = args[start : start + 3 * BATCH]
+                self._eval(keys.ADD_OUTBOX, keys.outbox_keys(self._prefix), chunk)
 
     def list_outbox(
         self, *, tenant: str | None, due_at: datetime | None = None, limit: int = 100
@@ -245,11 +247,7 @@ class RedisPending:
 
     def remove_outbox(self, ids: Sequence[str]) -> None:
         checked = rules.check_outbox_ids(ids)
-        if not checked:
-            return
-        items_key, due_key = keys.outbox_keys(self._prefix)
         with translate_errors():
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.hdel(items_key, *checked)
-                pipe.zrem(due_key, *checked)
-                pipe.execute()
+            for start in range(0, len(checked), BATCH):
+                chunk = checked[start : start + BATCH]
+                self._eval(keys.REMOVE_OUTBOX, keys.outbox_keys(self._prefix), chunk)

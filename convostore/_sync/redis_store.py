@@ -179,8 +179,6 @@ class RedisStore(RedisPending, RedisCompaction):
         ]
         with translate_errors():
             status = self._run(self._append, [*self._keys(new.id), self._pkey(new.id)], args)
-            if status[0] in (1, 3) and status[-1]:
-                self._unlist_pending(new.tenant, status[-1])
         if status[0] == 0:
             raise ConversationNotFound(new.id)
         if status[0] == 1:
@@ -399,8 +397,9 @@ class RedisStore(RedisPending, RedisCompaction):
             for index in keys.index_keys(self._prefix, tenant, user):
                 pipe.zrem(index, member)
             pipe.delete(compaction_key(self._prefix, conversation_id))
-            for index in keys.pending_index_keys(self._prefix, tenant) if b"_pm" in fields else ():
-                pipe.zrem(index, fields[b"_pm"])
+            in_flight = [fields[name] for name in (b"_pm", b"_ps") if fields.get(name)]
+            for index in keys.pending_index_keys(self._prefix, tenant) if in_flight else ():
+                pipe.zrem(index, *in_flight)
             pipe.execute()
         return True
 
