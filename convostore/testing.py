@@ -1471,6 +1471,21 @@ class StoreConformance(_Divergences):
         assert store.load_compactions(record.id, tenant=record.tenant) == []
         assert store.get_conversation(record.id, tenant=record.tenant) == record
 
+    def test_compaction_waits_for_the_turn_in_flight(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        record = add_turn(store, record)
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        with pytest.raises(TurnInFlight) as caught:
+            store.append_compaction(*self._compaction(record, last_turn=1, last_seq=2))
+        assert caught.value.pending == pending
+        assert store.get_conversation(record.id, tenant=record.tenant) == record
+        assert store.load_compactions(record.id, tenant=record.tenant) == []
+        store.release_pending(
+            record.id, tenant=record.tenant, idempotency_key=pending.idempotency_key
+        )
+        assert store.append_compaction(*self._compaction(record, last_turn=1, last_seq=2))
+
     def test_delete_removes_compactions(self, store: Store) -> None:
         record = store.create_conversation(make_record())
         record = add_turn(store, record)

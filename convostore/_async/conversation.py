@@ -235,7 +235,12 @@ class AsyncConversation:
         if policy is not None and policy.budget(record.model) is not None and record.turn_count:
             latest = await store.load_turns(self.id, tenant=tenant, after_seq=record.turn_count - 1)
             if _context.should_compact(policy, record, latest[-1] if latest else None):
-                record = await self._compact(record, policy, "tokens") or record
+                try:
+                    record = await self._compact(record, policy, "tokens") or record
+                except (ConcurrentTurnError, TurnInFlight):
+                    # another writer moved first: this turn goes as planned from what is
+                    # stored now, and the next one measures again
+                    record = await self.refresh()
         if planner.answered_call_ids(new_steps):
             last = await store.load_steps(self.id, tenant=tenant, turn=record.turn_count)
             planner.check_function_results(new_steps, [s.payload for s in last])

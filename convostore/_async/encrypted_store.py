@@ -280,9 +280,13 @@ class AsyncEncryptedStore:
         sealed_record = record.model_copy(
             update={"config": stored.config, "metadata": stored.metadata}
         )
-        written = await self.inner.append_compaction(
-            sealed_record, seal_compaction(dek, compaction)
-        )
+        try:
+            written = await self.inner.append_compaction(
+                sealed_record, seal_compaction(dek, compaction)
+            )
+        except TurnInFlight as exc:
+            opened = await self._open_pending(exc.pending)
+            raise TurnInFlight(record.id, pending=opened) from exc
         return self._open_record(written)
 
     async def load_compactions(

@@ -326,6 +326,9 @@ class AsyncMemoryStore:
             conv = self._get(record.id, record.tenant)
             stored = _record(conv)
             _context.check_compacts(stored, record, compaction)
+            in_flight = _pending(conv, record.tenant)
+            if in_flight is not None:
+                raise TurnInFlight(record.id, pending=in_flight)
             conv.record = _merge(stored, record, _context.COMPACT_FIELDS)
             conv.compactions.append(text)
             return _record(conv)

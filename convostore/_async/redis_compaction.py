@@ -24,6 +24,7 @@ from .._exceptions import (
     ConcurrentTurnError,
     ConversationNotFound,
     CorruptRecordError,
+    TurnInFlight,
     ValidationError,
 )
 from ..models import CompactionRecord, ConversationRecord, StoredStep
@@ -36,9 +37,10 @@ _HSET = ", ".join(
 )
 _RECORD_AT = _FIRST_VALUE + len(_context.COMPACT_FIELDS) + 1
 
-# KEYS: record, compactions.  ARGV: tenant JSON, expected version, epoch before, last seq,
+# KEYS: record, compactions, pending.  ARGV: tenant JSON, expected version, epoch before, last seq,
 # last turn, token, COMPACT_FIELDS values…, token, compaction JSON.  Returns {0} missing,
-# {2, version} stale, {4} an epoch that does not follow, {5} past the stored counts,
+# {2, version} stale, {4} an epoch that does not follow, {5} past the stored counts, {6,
+# pending} a turn is in flight,
 # {3} written (also for a re-run of itself).
 APPEND_COMPACTION = f"""
 local now = redis.call('HMGET', KEYS[1], 'tenant', 'version', 'context_epoch', 'step_count',
@@ -47,6 +49,7 @@ if now[1] ~= ARGV[1] then return {{0}} end
 if now[7] == ARGV[6] then return {{3}} end
 if now[2] ~= ARGV[2] then return {{2, now[2]}} end
 if (now[3] or '0') ~= ARGV[3] then return {{4}} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {{6, redis.call('HGETALL', KEYS[3])}} end
 if tonumber(ARGV[4]) > tonumber(now[4]) or tonumber(ARGV[5]) > tonumber(now[5]) then
   return {{5}}
 end
@@ -125,7 +128,13 @@ class AsyncRedisCompaction:
         record_key = keys.conversation_keys(self._prefix, cid)[0]
         with translate_errors():
             status = await self._eval(
-                APPEND_COMPACTION, [record_key, compaction_key(self._prefix, cid)], args
+                APPEND_COMPACTION,
+                [
+                    record_key,
+                    compaction_key(self._prefix, cid),
+                    keys.pending_key(self._prefix, cid),
+                ],
+                args,
             )
         if status[0] == 0:
             raise ConversationNotFound(cid)
@@ -135,6 +144,8 @@ class AsyncRedisCompaction:
             )
         if status[0] == 4:
             raise ValidationError(f"compaction epoch {compaction.epoch} does not follow the stored")
+        if status[0] == 6:
+            raise TurnInFlight(cid, pending=keys.decode_pending_hash(status[1]))
         if status[0] == 5:
             raise ValidationError("a compaction cannot cover steps or turns not yet stored")
         return await self.get_conversation(cid, tenant=record.tenant)

@@ -14,11 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .._core import context as _context
 from .._core.store_rules import dumps, loads
-from .._exceptions import ConcurrentTurnError, ConversationNotFound, CorruptRecordError
+from .._exceptions import (
+    ConcurrentTurnError,
+    ConversationNotFound,
+    CorruptRecordError,
+    TurnInFlight,
+)
 from .._sql import (
     SELECT_CONVERSATION,
+    SELECT_PENDING,
     compactions,
     conversations,
+    decode_pending_row,
     decode_steps,
     steps,
     translate_errors,
@@ -95,6 +102,12 @@ class AsyncSQLCompaction:
                 _context.check_compacts(stored, record, compaction)
                 if (await conn.execute(COMPACT_UPDATE, params)).rowcount != 1:
                     raise ConcurrentTurnError(record.id, expected_version=record.version - 1)
+                # after the version moved: a turn begun from the old version is seen here (and
+                # this transaction rolls back), one begun later fails its own version check
+                scope = {"w_id": record.id, "w_tenant": record.tenant}
+                row = (await conn.execute(SELECT_PENDING, scope)).first()
+                if row is not None:
+                    raise TurnInFlight(record.id, pending=decode_pending_row(row))
                 await conn.execute(compactions.insert(), [compaction_row(compaction)])
                 return await self._compaction_scope(conn, record.id, record.tenant)
 

@@ -237,7 +237,12 @@ class Conversation:
         if policy is not None and policy.budget(record.model) is not None and record.turn_count:
             latest = store.load_turns(self.id, tenant=tenant, after_seq=record.turn_count - 1)
             if _context.should_compact(policy, record, latest[-1] if latest else None):
-                record = self._compact(record, policy, "tokens") or record
+                try:
+                    record = self._compact(record, policy, "tokens") or record
+                except (ConcurrentTurnError, TurnInFlight):
+                    # another writer moved first: this turn goes as planned from what is
+                    # stored now, and the next one measures again
+                    record = self.refresh()
         if planner.answered_call_ids(new_steps):
             last = store.load_steps(self.id, tenant=tenant, turn=record.turn_count)
             planner.check_function_results(new_steps, [s.payload for s in last])

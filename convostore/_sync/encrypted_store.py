@@ -281,9 +281,13 @@ class EncryptedStore:
         sealed_record = record.model_copy(
             update={"config": stored.config, "metadata": stored.metadata}
         )
-        written = self.inner.append_compaction(
-            sealed_record, seal_compaction(dek, compaction)
-        )
+        try:
+            written = self.inner.append_compaction(
+                sealed_record, seal_compaction(dek, compaction)
+            )
+        except TurnInFlight as exc:
+            opened = self._open_pending(exc.pending)
+            raise TurnInFlight(record.id, pending=opened) from exc
         return self._open_record(written)
 
     def load_compactions(

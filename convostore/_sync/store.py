@@ -185,6 +185,8 @@ class Store(Protocol):
         Raises:
             ConcurrentTurnError: the stored version is not ``record.version - 1``.
             ConversationNotFound: missing or another tenant's.
+            TurnInFlight: a turn is in flight (its commit would no longer continue the
+                version it was planned from); nothing is written.
             ValidationError: malformed, an epoch that does not follow the stored one, or a
                 range past the stored steps or turns.
         """
