@@ -298,3 +298,69 @@ def test_the_async_flavour_compacts_on_a_refusal_and_on_demand(emulator: Emulato
             ]
 
     asyncio.run(main())
+
+
+def _turn(seq: int, status: str = "completed") -> Any:
+    from convostore.models import TurnRecord
+
+    return TurnRecord(
+        conversation_id="c", seq=seq, mode_used="server", reason=Reason.CHAINED, status=status
+    )
+
+
+def _steps(per_turn: list[int]) -> list[Any]:
+    from convostore.models import StoredStep
+
+    out = []
+    for turn, count in enumerate(per_turn, start=1):
+        for _ in range(count):
+            seq = len(out) + 1
+            out.append(
+                StoredStep(
+                    conversation_id="c",
+                    seq=seq,
+                    turn_seq=turn,
+                    type="user_input",
+                    payload={"type": "user_input"},
+                )
+            )
+    return out
+
+
+def test_the_cut_never_separates_a_call_from_its_result() -> None:
+    steps = _steps([2, 3, 2, 2, 2])
+    # turn 3 ended in requires_action: turn 4 answers it, so the cut may not fall after 3
+    turns = [_turn(1), _turn(2), _turn(3, "requires_action"), _turn(4), _turn(5)]
+    assert ctx.cut(turns, steps, after_turn=0, keep_turns=2) == (2, 5)
+    assert ctx.cut(turns, steps, after_turn=0, keep_turns=1) == (4, 9)
+    assert ctx.cut(turns, steps, after_turn=2, keep_turns=2) is None  # nothing new to cover
+    assert ctx.cut(turns, steps, after_turn=0, keep_turns=5) is None
+
+
+def test_policy_budgets_triggers_and_refusals() -> None:
+    from convostore._exceptions import BadRequestError, NotFoundError
+
+    policy = cs.CompactionPolicy(max_input_tokens=900, fraction=0.5, limits={"small": 1000})
+    assert policy.budget("small") == 500 and policy.budget("unknown") == 900
+    assert cs.CompactionPolicy(fraction=0.8).budget("gemini-2.5-flash") == int(1_048_576 * 0.8)
+    assert cs.CompactionPolicy().budget("small") is None
+    record = cs.ConversationRecord(id="c", tenant="t", model="small")
+    usage = _turn(1).model_copy(update={"usage": {"total_input_tokens": 500}})
+    assert ctx.should_compact(policy, record, usage)
+    assert not ctx.should_compact(policy, record, _turn(1))
+    assert not ctx.should_compact(None, record, usage)
+    for bad in (
+        {"max_input_tokens": 0},
+        {"fraction": 1.5},
+        {"keep_turns": -1},
+        {"summarizer": "shrink"},
+    ):
+        with pytest.raises(cs.ValidationError):
+            cs.CompactionPolicy(**bad)
+    big = BadRequestError(
+        "The input token count (9) exceeds the maximum number of tokens allowed (3).",
+        status_code=400,
+    )
+    assert ctx.too_large(big)
+    assert not ctx.too_large(BadRequestError("bad field", status_code=400))
+    assert not ctx.too_large(NotFoundError("exceeds tokens", status_code=404))
