@@ -1666,3 +1666,38 @@ class AsyncStoreConformance(_Divergences):
             assert await store.list_outbox(tenant=tenant) == []
 
         run(body)
+
+    def test_async_compactions_and_pages(self, run: Callable[..., Any]) -> None:
+        from ._core import context
+
+        async def body(store: AsyncStore) -> None:
+            record = await store.create_conversation(make_record())
+            for i in range(3):
+                commit = make_commit(record, [user_step(f"q{i}"), model_step(f"a{i}")])
+                assert (await store.append_turn(commit)).created
+                record = commit.record
+            compaction = CompactionRecord(
+                conversation_id=record.id,
+                epoch=1,
+                last_seq=4,
+                last_turn=2,
+                steps=[user_step("Summary 🎉"), model_step("ok")],
+                summarizer="summarize",
+                policy="tokens",
+            )
+            new = context.compacted_record(record, compaction, now=utcnow())
+            written = await store.append_compaction(new, compaction)
+            assert written.context_epoch == 1 and written.version == record.version + 1
+            with pytest.raises(ConcurrentTurnError):
+                await store.append_compaction(new, compaction)
+            found = await store.load_compactions(record.id, tenant=record.tenant)
+            assert found == [compaction]
+            every = await store.load_steps(record.id, tenant=record.tenant)
+            page = await store.load_step_range(
+                record.id, tenant=record.tenant, before_seq=6, limit=2
+            )
+            assert page == every[3:5]
+            with pytest.raises(ConversationNotFound):
+                await store.load_compactions(record.id, tenant=new_id("t"))
+
+        run(body)
