@@ -169,7 +169,7 @@ def test_sqlite_file_at_0001_migrates_itself_on_open(tmp_path: Path) -> None:
     record = store.create_conversation(make_record())
     store.begin_turn(make_pending(record))
     store.close()
-    assert _migrate.current(url) == _migrate.head() == "0002"
+    assert _migrate.current(url) == _migrate.head() == "0003"
 
 
 def test_unmigrated_server_database_names_the_command(fresh_postgres: str) -> None:
