@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Sizes:
     append_turns: int = 1000
     append_window: int = 100
+    durable_turns: int = 400
     load_steps: tuple[int, ...] = (100, 1000, 10_000)
     load_repeat: int = 9
     read_repeat: int = 60
@@ -25,6 +26,7 @@ DEFAULT = Sizes()
 QUICK = Sizes(
     append_turns=200,
     append_window=20,
+    durable_turns=60,
     load_steps=(100, 1000),
     load_repeat=5,
     read_repeat=15,

@@ -32,12 +32,13 @@ braces (``models.check_id``), so neither keys nor members can collide.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ._core.store_rules import (
     APPEND_FIELDS,
@@ -76,6 +77,65 @@ def split_prefix(url: str) -> tuple[str, str | None]:
         return url, None
     rest = urlencode([(name, value) for name, value in query if name != "key_prefix"])
     return urlunsplit(parts._replace(query=rest)), found[-1]
+
+
+def is_cluster_url(url: str) -> bool:
+    """``redis+cluster://`` or ``rediss+cluster://``: a Redis Cluster, by its seed nodes."""
+    return url.split("://", 1)[0].lower().endswith("+cluster")
+
+
+def cluster_settings(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """``(seed nodes, RedisCluster keyword arguments)`` of a cluster URL
+    ``redis[s]+cluster://[user:password@]host:port[,host:port…]/[?option=value…]``.
+
+    The host list follows the comma-separated form other clients accept; any one reachable
+    seed is enough, the client discovers the others. Options were checked by
+    ``_urls.url_options`` (the key prefix is taken out before this).
+
+    Raises:
+        ConfigurationError: no seed, a seed without a valid port, or a database number.
+    """
+    from ._urls import URL_OPTIONS, kind
+
+    scheme, rest = url.split("://", 1)
+    location, _, query = rest.partition("?")
+    netloc, _, path = location.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ConfigurationError("a Redis Cluster has only database 0; drop the /N from the URL")
+    userinfo, at, hosts = netloc.rpartition("@")
+    settings: dict[str, Any] = {"ssl": scheme.lower().startswith("rediss")}
+    if at:
+        user, _, password = userinfo.partition(":")
+        settings.update(username=unquote(user) or None, password=unquote(password) or None)
+    seeds = []
+    for item in filter(None, hosts.split(",")):
+        host, colon, port = item.rpartition(":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"cluster seed {item!r} needs host:port")
+        seeds.append((host.strip("[]") or "127.0.0.1", int(port)))
+    if not seeds:
+        raise ConfigurationError("a Redis Cluster URL names at least one host:port")
+    parsers = URL_OPTIONS[kind(url)]
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        settings[name] = parsers[name](value)
+    return seeds, settings
+
+
+def check_driver_options(factory: Any, options: dict[str, Any]) -> None:
+    """Refuse keyword options the redis-py client would only reject at its first command."""
+    parameters = inspect.signature(factory.__init__).parameters
+    accepted = set(parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        import redis  # the sync RedisCluster hands its **kwargs to each node's redis.Redis
+
+        accepted |= set(inspect.signature(redis.Redis.__init__).parameters)
+    accepted -= {"self", "kwargs"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown Redis option(s) {', '.join(unknown)} for {factory.__name__}; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
 
 
 def tombstone_key(prefix: str, conversation_id: str) -> str:

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from ._exceptions import ConfigurationError
-from ._urls import family, redact
+from ._urls import family, redact, url_options
 
 # family -> (module under convostore._async / convostore._sync, class name, driver modules)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -46,6 +46,7 @@ def _factory(url: str, flavour: str) -> Any:
 
 
 def _open(url: str, flavour: str, encryption: Any, options: dict[str, Any]) -> Any:
+    url_options(url)  # an unknown or malformed option fails here, before any connection
     if encryption is None:
         return _factory(url, flavour).from_url(url, **options)
     from ._encryption import KeyRing
@@ -62,7 +63,9 @@ def _open(url: str, flavour: str, encryption: Any, options: dict[str, Any]) -> A
 
 def open_store(url: str, *, encryption: Any = None, **options: Any) -> Any:
     """Open a store by URL: ``sqlite:///chat.db``, ``postgresql://…``, ``mysql+pymysql://…``,
-    ``redis://…``, ``memory://``. Options go to the backend (e.g. ``key_prefix`` for Redis).
+    ``redis://…``, ``redis+cluster://h1:p1,h2:p2/``, ``memory://``. Options go to the backend
+    (e.g. ``key_prefix`` for Redis, ``pool_size`` for SQL); the URL's query options are
+    checked here, and an unknown or malformed one raises :class:`ConfigurationError`.
     ``encryption=KeyRing(...)`` encrypts step payloads and settings at rest."""
     return _open(url, "_sync", encryption, options)
 

@@ -397,6 +397,38 @@ def engine_options(url: URL) -> dict[str, Any]:
     return options
 
 
+# Pool settings a SQL store takes as options or in its URL's query (the store strips them
+# from the URL), with SQLAlchemy's QueuePool defaults: pool_size 5, max_overflow 10,
+# pool_timeout 30 s, pool_recycle off; convostore turns pool_pre_ping on. prepare_threshold
+# is psycopg's: after that many runs of one query it is prepared on the server, which a
+# transaction-mode pooler (PgBouncer < 1.21, or max_prepared_statements = 0) cannot follow;
+# ``none`` never prepares.
+POOL_SETTINGS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
+STORE_SETTINGS = (*POOL_SETTINGS, "prepare_threshold")
+
+
+def settings_options(url: URL, settings: dict[str, Any]) -> dict[str, Any]:
+    """``create_engine`` keyword arguments for the pool settings of ``STORE_SETTINGS``.
+
+    Raises:
+        ConfigurationError: a setting that does not apply to this database.
+    """
+    backend = url.get_backend_name()
+    options = {name: settings[name] for name in POOL_SETTINGS if name in settings}
+    if options and is_memory_sqlite(url):
+        raise ConfigurationError(
+            f"pool settings ({', '.join(sorted(options))}) do not apply to an in-memory "
+            "SQLite database: it has one connection"
+        )
+    if "pool_recycle" in options:
+        options["pool_recycle"] = int(options["pool_recycle"])
+    if "prepare_threshold" in settings:
+        if backend != "postgresql":
+            raise ConfigurationError("prepare_threshold applies to PostgreSQL (psycopg) only")
+        options["connect_args"] = {"prepare_threshold": settings["prepare_threshold"]}
+    return options
+
+
 def _set_wal(cursor: Any, *, patience: float = 30.0) -> None:
     """Put the file in WAL mode (persistent: once done, every later connection finds it so).
 
@@ -477,6 +509,12 @@ def translate_errors(url: str) -> Iterator[None]:
     except ProgrammingError as exc:
         if _missing_table(exc):
             raise schema_error(url, "missing") from exc
+        if "prepared statement" in _first_line(exc):
+            # psycopg prepared the query on a server connection a pooler gave another client
+            raise StoreError(
+                f"{url}: {_first_line(exc)} (behind a transaction-mode PgBouncer older than "
+                "1.21? add ?prepare_threshold=none to the store URL)"
+            ) from exc
         raise StoreError(f"{url}: {_first_line(exc)}") from exc
     except DataError as exc:
         raise ValidationError(f"{url} refused the value: {_first_line(exc)}") from exc

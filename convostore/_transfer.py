@@ -405,12 +405,19 @@ def copy(
 
 
 def compare(
-    source: Store, destination: Store, *, tenant: str | None, conversation_id: str | None = None
+    source: Store,
+    destination: Store,
+    *,
+    tenant: str | None,
+    conversation_id: str | None = None,
+    progress: Progress | None = None,
 ) -> list[str]:
     """Differences between the conversations of ``source`` and their copies in
     ``destination`` (empty: every one is present with the same content)."""
     problems: list[str] = []
     for record in iter_records(source, tenant=tenant, conversation_id=conversation_id):
+        if progress is not None:
+            progress(record)
         try:
             copied = destination.get_conversation(record.id, tenant=record.tenant)
         except ConversationNotFound:

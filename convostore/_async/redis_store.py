@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -56,9 +57,17 @@ _NEWEST_SLACK = 16
 class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
     """A store on plain Redis (see the module docstring for the layout and its trade-offs)."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, url: str, key_prefix: str) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster,
+        *,
+        url: str,
+        key_prefix: str,
+        owns_client: bool = True,
+    ) -> None:
         self.url = redact(url)
-        self._client = client
+        self._client: Any = client
+        self._owns_client = owns_client
         self._prefix = keys.check_prefix(key_prefix)
         self._closed = False
         self._create = client.register_script(keys.CREATE)
@@ -68,16 +77,31 @@ class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
 
     @classmethod
     def from_url(
-        cls, url: str, *, key_prefix: str | None = None, **redis_options: Any
+        cls,
+        url: str,
+        *,
+        key_prefix: str | None = None,
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | None = None,
+        **redis_options: Any,
     ) -> AsyncRedisStore:
-        """Open (lazily: no I/O here) a store on ``redis://`` / ``rediss://``.
+        """Open (lazily: no I/O here, except that the sync cluster client reads the slot map
+        at once) a store on ``redis://`` / ``rediss://``, or on a Redis Cluster:
+        ``redis+cluster://h1:p1,h2:p2/`` / ``rediss+cluster://…`` (any one reachable seed is
+        enough; the client finds the other nodes and follows MOVED/ASK).
 
         Args:
             url: the Redis URL; ``?key_prefix=app:`` in it sets the key prefix too.
             key_prefix: prepended to every key, so applications can share a server
                 (default ``convostore:``).
-            **redis_options: passed to ``redis.Redis.from_url`` (e.g. ``socket_timeout``,
-                ``retry``; by default 3 retries with jittered backoff on connection errors).
+            client: a client of your own (``redis.asyncio.Redis`` or
+                ``redis.asyncio.cluster.RedisCluster``, created with
+                ``decode_responses=False``) instead of one made from the URL, which then
+                only gives the key prefix (``redis+cluster://?key_prefix=app:``); the store
+                does not close it.
+            **redis_options: passed to ``redis.Redis.from_url`` or ``RedisCluster`` (e.g.
+                ``socket_timeout``, ``max_connections``, ``retry``; by default 3 retries with
+                jittered backoff on connection errors, 6 on a cluster, enough to ride out
+                a failover that completes within about 3 s).
         """
         if redis_options.get("decode_responses"):
             raise ConfigurationError("the Redis store needs decode_responses=False")
@@ -85,14 +109,35 @@ class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
         if key_prefix is not None and in_url is not None and key_prefix != in_url:
             raise ConfigurationError("key_prefix given both in the URL and as an option")
         prefix = keys.check_prefix(key_prefix or in_url or keys.DEFAULT_PREFIX)
+        cluster = keys.is_cluster_url(url)
+        if client is not None:
+            kinds = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
+            if redis_options or not isinstance(client, kinds):
+                raise ConfigurationError(
+                    "client= takes a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster "
+                    "client, and no other driver option"
+                )
+            return cls(client, url=url, key_prefix=prefix, owns_client=False)
+        factory = redis.asyncio.cluster.RedisCluster if cluster else redis.asyncio.Redis
+        keys.check_driver_options(factory, redis_options)
         # from_url gives no retry by default; with one, a connection broken by a server
         # restart is re-opened on the next command. Re-sending a write is safe: the version
         # check (or the idempotency key) makes a second run of an applied script a no-op.
         redis_options.setdefault(
-            "retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
+            "retry",
+            Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=6 if cluster else 3),
         )
-        client = redis.asyncio.Redis.from_url(driver_url, **redis_options)
-        return cls(client, url=url, key_prefix=prefix)
+        if cluster:
+            seeds, settings = keys.cluster_settings(driver_url)
+            node: Any = redis.asyncio.cluster.ClusterNode  # the sync one has no annotations
+            nodes = [node(host, port) for host, port in seeds]
+            with translate_errors():  # the sync client reads the slot map here already
+                made: Any = redis.asyncio.cluster.RedisCluster(
+                    startup_nodes=nodes, **{**settings, **redis_options}
+                )
+        else:
+            made = redis.asyncio.Redis.from_url(driver_url, **redis_options)
+        return cls(made, url=url, key_prefix=prefix)
 
     async def _run(self, script: Any, script_keys: list[str], args: list[Any]) -> Any:
         """EVALSHA straight on the client: a registered script's own call does more work per
@@ -308,7 +353,14 @@ class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
         out: list[ConversationRecord] = []
         while len(out) < want:
             members: Any = await self._client.zrange(
-                index, bound, "-", desc=True, bylex=True, offset=0, num=BATCH
+                # only as many as are still wanted: a page of 50 reads 51 records, not 200
+                index,
+                bound,
+                "-",
+                desc=True,
+                bylex=True,
+                offset=0,
+                num=min(BATCH, want - len(out)),
             )
             if not members:
                 break
@@ -412,17 +464,25 @@ class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
     ) -> list[ConversationRecord]:
         moment = rules.check_purge(now, older_than, tenant)
         index = f"{self._prefix}idx:all" if tenant is None else f"{self._prefix}idx:t:{tenant}"
+        doomed: list[ConversationRecord] = []
+        bound = b"+"
         with translate_errors():
-            # Every listed conversation is read: purge is an operations sweep, not a hot path.
-            records = await self._scan(index, tenant, None, b"+", 1 << 62)
-            doomed = [
-                r for r in records if rules.is_purgeable(r, now=moment, older_than=older_than)
-            ]
-            if dry_run:
-                return doomed
-            return [r for r in doomed if await self._remove(r.id, r.tenant)]
+            # Every listed conversation is read (purge is an operations sweep, not a hot
+            # path), a batch at a time: memory grows with what is purged, not with the store.
+            while True:
+                records = await self._scan(index, tenant, None, bound, BATCH)
+                for record in records:
+                    if rules.is_purgeable(record, now=moment, older_than=older_than) and (
+                        dry_run or await self._remove(record.id, record.tenant)
+                    ):
+                        doomed.append(record)
+                if len(records) < BATCH:
+                    return doomed
+                last = records[-1]
+                bound = b"(" + keys.index_member(last.created_at, last.id).encode()
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._client.aclose()
+            if self._owns_client:
+                await self._client.aclose()

@@ -45,6 +45,7 @@ from .._sql import (
     SELECT_TURN_BY_KEY,
     SELECT_VERSION,
     SETTINGS_UPDATE,
+    STORE_SETTINGS,
     AppendParams,
     AppendStatements,
     compactions,
@@ -57,6 +58,7 @@ from .._sql import (
     normalize_url,
     pending_turns,
     schema_error,
+    settings_options,
     step_insert,
     step_read,
     step_rows,
@@ -70,7 +72,7 @@ from .._sql import (
 )
 from .._sql import steps as steps_table
 from .._sql import turns as turns_table
-from .._urls import redact
+from .._urls import redact, url_options, without_options
 from ..models import (
     AppendResult,
     ConversationRecord,
@@ -89,12 +91,24 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
     """A store in a SQL database (see :class:`~convostore._async.store.AsyncStore`)."""
 
     def __init__(
-        self, url: str, *, echo: bool = False, engine_options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        engine_options: dict[str, Any] | None = None,
+        **settings: Any,
     ) -> None:
         self.url = redact(url)
-        self._sa_url = normalize_url(url, is_async=IS_ASYNC)
+        # pool settings: the URL's query, then keyword arguments (which win)
+        found = {k: v for k, v in url_options(url).items() if k in STORE_SETTINGS}
+        unknown = set(settings) - set(STORE_SETTINGS)
+        if unknown:
+            raise ConfigurationError(f"unknown SQL store option(s): {', '.join(sorted(unknown))}")
+        found.update(settings)
+        self._sa_url = normalize_url(without_options(url, STORE_SETTINGS), is_async=IS_ASYNC)
         self._dialect = self._sa_url.get_backend_name()
         self._options: dict[str, Any] = {"echo": echo, **default_engine_options(self._sa_url)}
+        self._options.update(settings_options(self._sa_url, found))
         self._options.update(engine_options or {})
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
@@ -114,13 +128,17 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
         Args:
             url: ``sqlite:///path``, ``postgresql://…``, ``mysql://…`` or ``mariadb://…``
                 (any ``+driver`` is replaced by the one this flavour uses).
-            **options: ``echo`` (log SQL) and ``engine_options`` (extra keyword arguments
-                for SQLAlchemy's engine, e.g. ``pool_size``).
+            **options: ``echo`` (log SQL), the pool settings ``pool_size`` (default 5),
+                ``max_overflow`` (10), ``pool_timeout`` (30 s), ``pool_recycle`` (off),
+                ``pool_pre_ping`` (on), and on PostgreSQL ``prepare_threshold`` (psycopg's;
+                ``None`` for a transaction-mode PgBouncer older than 1.21), each also
+                accepted in the URL's query (``?pool_size=10``); ``engine_options`` (extra
+                keyword arguments for SQLAlchemy's engine).
 
         Raises:
             ConfigurationError: not a SQL URL, or an unknown option.
         """
-        unknown = set(options) - {"echo", "engine_options"}
+        unknown = set(options) - {"echo", "engine_options", *STORE_SETTINGS}
         if unknown:
             raise ConfigurationError(f"unknown SQL store option(s): {', '.join(sorted(unknown))}")
         return cls(url, **options)

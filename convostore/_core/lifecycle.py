@@ -420,6 +420,11 @@ class TurnLifecycle:
             )
         return self.pending
 
+    def taken_over(self) -> None:
+        """Another worker took this turn over (this one stalled past its lease): this one
+        stops here, whatever the other made of it."""
+        self.phase = Phase.FAILED
+
     def abandoned(self, error: Exception | None = None) -> Release:
         """The caller left (or the stream broke) before the answer was complete: nothing is
         committed and what the server stored for it is deleted."""

@@ -49,6 +49,26 @@ def translate_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis error: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:  # not a RedisError
+        if "cannot be connected" in str(exc):
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        raise StoreError(f"Redis error: {exc}") from exc
+    except (AttributeError, TypeError) as exc:
+        # redis-py's asyncio connections let a transport's AttributeError/TypeError out when
+        # the connection is closed under a write (redis/redis-py#4287; seen on a cluster
+        # client whose first concurrent commands race its slot-map initialisation): a broken
+        # connection, so retryable, not a bug of the caller's
+        if not _raised_in_driver(exc):
+            raise
+        raise StoreUnavailable(f"Redis connection broken: {type(exc).__name__}: {exc}") from exc
+
+
+def _raised_in_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = "" if tb is None else str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.startswith(("redis.", "asyncio."))
 
 
 class RedisPending:

@@ -93,10 +93,13 @@ class TurnDriver:
         lost turn returns None)."""
         try:
             return self._drive(machine, effect, wait=wait)
+        except ConcurrentTurnError:
+            raise  # a conflict (or another turn in flight): this turn wrote nothing
         except BaseException:
-            if machine.phase not in (lifecycle.Phase.PLANNED, *lifecycle.TERMINAL):
-                # left pending by a failure here (the store or the API went away): no call
-                # drives it any more, so this worker may take it over before its lease ends
+            if machine.phase not in lifecycle.TERMINAL:
+                # maybe left pending by a failure here (the store or the API went away, even
+                # mid-begin): no call drives it any more, so this worker may take it over
+                # before its lease ends
                 self.owner._orphaned.add(machine.pending.idempotency_key)
             raise
 
@@ -179,7 +182,9 @@ class TurnDriver:
         if isinstance(effect, lifecycle.Compact):
             return False, self.compact(machine, effect.error)
         if isinstance(effect, lifecycle.Record):
-            self.store.update_pending(effect.pending, owner=self.owner.owner_id)
+            adopted = self.record(machine, effect.pending)
+            if adopted is not None:
+                return True, adopted
             return False, machine.recorded()
         if isinstance(effect, lifecycle.Commit):
             return True, self.commit(machine, effect.commit)
@@ -300,14 +305,17 @@ class TurnDriver:
                     if isinstance(event, InteractionCreatedEvent) and machine.pending.store
                     else None
                 )
+                pending = None
                 if named and named not in machine.pending.hop_ids:
                     pending = machine.started(named, now=utcnow(), lease=self.owner.lease)
-                    self.store.update_pending(pending, owner=self.owner.owner_id)
-                    last_write = time.monotonic()
                 elif time.monotonic() - last_write > renew_every:
                     pending = machine.renewed(now=utcnow(), lease=self.owner.lease)
-                    self.store.update_pending(pending, owner=self.owner.owner_id)
+                if pending is not None:
+                    adopted = self.record(machine, pending)
                     last_write = time.monotonic()
+                    if adopted is not None:  # another worker committed this very answer
+                        self.turn = adopted
+                        return
                 yield event
         finally:
             api.close()
@@ -328,6 +336,30 @@ class TurnDriver:
             owner_id=checkpoint.owner_id if store else None,
             store=store,
         )
+
+    def record(
+        self, machine: lifecycle.TurnLifecycle, pending: PendingTurnRecord
+    ) -> Turn | None:
+        """Write the turn's progress. When another worker took the turn over meanwhile (this
+        one stalled past its lease), find out what became of it: the turn it committed with
+        this worker's answer is returned; otherwise what this worker made the server store
+        is deleted and :class:`LeaseLost` raised."""
+        try:
+            self.store.update_pending(pending, owner=self.owner.owner_id)
+            return None
+        except LeaseLost:
+            machine.taken_over()
+            found = self.store.find_turn(
+                pending.conversation_id,
+                tenant=pending.tenant,
+                idempotency_key=pending.idempotency_key,
+            )
+            ours = set(machine._stored_ids())
+            if found is not None and found.status != LOST_STATUS and found.interaction_id in ours:
+                return self.conv._stored_turn(found, replayed=False)
+            keep = {found.interaction_id} if found is not None else set()
+            self.discard(sorted(ours - keep))
+            raise
 
     # ------------------------------------------------------------ commit and release
 

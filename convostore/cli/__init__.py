@@ -15,7 +15,15 @@ from collections.abc import Sequence
 import click
 
 from .._exceptions import ConfigurationError, ConvostoreError, ValidationError
-from . import _context, _data, _interactive, _recovery, _removal, _services  # noqa: F401  (they register commands)
+from . import (  # noqa: F401  (they register commands)
+    _context,
+    _data,
+    _interactive,
+    _recovery,
+    _removal,
+    _services,
+    _web,
+)
 from ._common import DEFAULT_STORE, bundle_json, cli, open_existing, parse_duration
 
 __all__ = ["DEFAULT_STORE", "bundle_json", "cli", "main", "open_existing", "parse_duration", "run"]

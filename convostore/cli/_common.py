@@ -128,6 +128,22 @@ def _progress() -> Progress:
     )
 
 
+@contextmanager
+def progress_bar(
+    description: str, total: int | None = None, *, quiet: bool = False
+) -> Iterator[Callable[..., None]]:
+    """``advance`` for a command that walks many conversations: a rich progress bar on stderr
+    when it is a terminal, nothing on a pipe or when ``quiet`` (``--json``). Without a total
+    (the walk is streamed, not counted first) the bar pulses and counts."""
+    console = _err()
+    if quiet or not console.is_terminal:
+        yield lambda *_: None
+        return
+    with _progress() as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda *_: progress.advance(task)
+
+
 # --------------------------------------------------------------------------- options
 
 

@@ -25,13 +25,13 @@ from ._common import (
     _emit_json,
     _err,
     _out,
-    _progress,
     _store,
     base_url_option,
     bundle_json,
     cli,
     json_option,
     print_transcript,
+    progress_bar,
     store_option,
     tenant_option,
 )
@@ -174,22 +174,14 @@ def export_command(
     if conversation_id is not None and all_tenants:
         raise click.UsageError("give either a conversation ID or --all, not both")
     with _store(store_url) as store:
-        records = list(
-            transfer.iter_records(
-                store, tenant=None if all_tenants else tenant, conversation_id=conversation_id
-            )
+        # streamed: one page of records and one conversation's history in memory at a time
+        records = transfer.iter_records(
+            store, tenant=None if all_tenants else tenant, conversation_id=conversation_id
         )
-        with _output(output) as handle:
-            if output == "-":
-                transfer.export(store, handle, records)
-            else:
-                with _progress() as progress:
-                    task = progress.add_task("exporting", total=len(records))
-                    transfer.export(
-                        store, handle, records, progress=lambda _: progress.advance(task)
-                    )
+        with _output(output) as handle, progress_bar("exporting") as advance:
+            count = transfer.export(store, handle, records, progress=advance)
     if output != "-":
-        _err().print(f"exported {len(records)} conversation(s) to {output}")
+        _err().print(f"exported {count} conversation(s) to {output}")
     return 0
 
 
@@ -227,8 +219,11 @@ def import_command(file: str, store_url: str, as_json: bool) -> int:
     finally:
         if handle is not sys.stdin:
             handle.close()
-    with _store(store_url, create=True) as store:
-        report = transfer.import_bundles(store, bundles)
+    with (
+        _store(store_url, create=True) as store,
+        progress_bar("importing", len(bundles), quiet=as_json) as advance,
+    ):
+        report = transfer.import_bundles(store, bundles, progress=advance)
     return _report(report, as_json, "imported")
 
 
@@ -255,25 +250,26 @@ def copy_command(
     if conversation_id is not None and tenant is None:
         raise click.UsageError("--id needs --tenant")
     with _store(source_url) as source, _store(destination_url, create=True) as destination:
-        records = list(
-            transfer.iter_records(source, tenant=tenant, conversation_id=conversation_id)
-        )
-        with _progress() as progress:
-            task = progress.add_task("copying", total=len(records))
-            report = transfer.TransferReport()
-            for record in records:
-                part = transfer.copy(
-                    source, destination, tenant=record.tenant, conversation_id=record.id
+        with progress_bar("copying", quiet=as_json) as advance:
+            report = transfer.copy(
+                source,
+                destination,
+                tenant=tenant,
+                conversation_id=conversation_id,
+                progress=advance,
+            )
+        if check:
+            with progress_bar("comparing", quiet=as_json) as advance:
+                problems = transfer.compare(
+                    source,
+                    destination,
+                    tenant=tenant,
+                    conversation_id=conversation_id,
+                    progress=advance,
                 )
-                report.created += part.created
-                report.skipped += part.skipped
-                report.conflicts.update(part.conflicts)
-                progress.advance(task)
-        problems = (
-            transfer.compare(source, destination, tenant=tenant, conversation_id=conversation_id)
-            if check
-            else []
-        )
+        else:
+            problems = []
+        copied = len(report.created) + len(report.skipped) + len(report.conflicts)
     if as_json:
         _emit_json({**report.as_dict(), "verify_problems": problems if check else None})
         status = 1 if report.conflicts else 0
@@ -284,7 +280,7 @@ def copy_command(
         for problem in problems:
             console.print(f"differs: {problem}")
         if not problems:
-            console.print(f"verified: {len(records)} conversation(s) identical in both stores")
+            console.print(f"verified: {copied} conversation(s) identical in both stores")
     return 1 if problems else status
 
 
@@ -303,21 +299,25 @@ def verify_command(
     """Check stored conversations: contiguous seqs, counts, a linear chain, payloads that
     parse, audit hashes. Exits 1 and lists the problems if any are found. Warns (without
     failing) of turns in flight whose lease expired and of server deletions outstanding."""
-    results: dict[str, list[str]] = {}
-    notes: dict[str, list[str]] = {}
-    with _store(store_url) as store:
-        for record in transfer.iter_records(
-            store, tenant=None if all_tenants else tenant, conversation_id=conversation_id
-        ):
-            results[record.id] = transfer.verify(store, record)
-            notes[record.id] = transfer.warnings(store, record)
-        outstanding = transfer.outbox_outstanding(store, tenant=None if all_tenants else tenant)
-    bad = {cid: problems for cid, problems in results.items() if problems}
-    warned = {cid: found for cid, found in notes.items() if found}
+    bad: dict[str, list[str]] = {}
+    warned: dict[str, list[str]] = {}
+    checked = 0
+    scope = None if all_tenants else tenant
+    with _store(store_url) as store, progress_bar("verifying", quiet=as_json) as advance:
+        for record in transfer.iter_records(store, tenant=scope, conversation_id=conversation_id):
+            problems = transfer.verify(store, record)
+            notes = transfer.warnings(store, record)
+            checked += 1
+            if problems:
+                bad[record.id] = problems
+            if notes:
+                warned[record.id] = notes
+            advance()
+        outstanding = transfer.outbox_outstanding(store, tenant=scope)
     if as_json:
         _emit_json(
             {
-                "checked": len(results),
+                "checked": checked,
                 "problems": bad,
                 "warnings": warned,
                 "outbox_outstanding": outstanding,
@@ -333,7 +333,7 @@ def verify_command(
                 console.print(f"[yellow]warning[/] {cid}: {escape(note)}")
         if outstanding:
             console.print(f"[yellow]warning[/] {outstanding} server deletions outstanding")
-        console.print(f"checked {len(results)} conversation(s): {len(bad)} with problems")
+        console.print(f"checked {checked} conversation(s): {len(bad)} with problems")
     return 1 if bad else 0
 
 

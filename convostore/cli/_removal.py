@@ -28,6 +28,7 @@ from ._common import (
     json_option,
     keyring_from_env,
     parse_duration,
+    progress_bar,
     store_option,
     tenant_option,
 )
@@ -122,17 +123,24 @@ def purge_command(
     remote_deleted: list[str] = []
     with _store(store_url) as store:
         if remote and not dry_run:
-            doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=True)
+            with progress_bar("finding expired", quiet=as_json):
+                doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=True)
             from .._sync.conversations import Conversations
 
-            with _client(base_url) as client:
+            with (
+                _client(base_url) as client,
+                progress_bar("deleting", len(doomed), quiet=as_json) as advance,
+            ):
                 convos = Conversations(store, client)
                 for record in doomed:
                     report = convos.delete(record.id, tenant=record.tenant, remote=True)
                     remote_deleted += report.remote_deleted
                     failed.update(report.remote_failed)
+                    advance()
         else:
-            doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=dry_run)
+            # one store call: the bar pulses while the store sweeps
+            with progress_bar("purging", quiet=as_json):
+                doomed = store.purge(older_than=cutoff, tenant=scope, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     if as_json:
         _emit_json(
