@@ -1,6 +1,6 @@
 """Randomized reliability runs against real stores and the emulator over HTTP.
 
-Two runs, each on SQLite, PostgreSQL, MariaDB and Redis:
+Three runs (``--runs`` picks some), each on SQLite, PostgreSQL, MariaDB and Redis:
 
 - ``concurrency``: N worker processes send M turns each to ONE server-mode conversation with
   ``on_conflict="retry"``. Afterwards exactly N*M turns are stored, no step is lost or
@@ -117,13 +117,20 @@ def _worker_concurrent(
     )
 
 
+KILL_LEASE = 0.5
+"""The kill run's lease (seconds): the next worker waits this long for the turn its killed
+predecessor left in flight, then finishes it (adopted, or recorded lost) before its own."""
+
+
 def _worker_kill(store_url: str, base_url: str, conv_id: str, seed: int, ack_path: str) -> None:
+
     rng = random.Random(seed)
     fd = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with (
         cs.InteractionsClient(api_key=KEY, base_url=base_url) as client,
-        # a short lease: the next worker finishes a killed one's turn instead of waiting
-        cs.Conversations(store_url, client, lease=timedelta(seconds=1)) as convos,
+        cs.Conversations(
+            store_url, client, lease=timedelta(seconds=KILL_LEASE), poll_interval=0.02
+        ) as convos,
     ):
         conv = convos.get(conv_id, tenant=TENANT)
         os.write(fd, b"READY\n")
@@ -216,7 +223,8 @@ def check_conversation(store_url: str, conv_id: str) -> tuple[list[str], list[cs
 
     On top of ``convostore verify`` (seqs, counts, linear chain, audit hashes, payloads): the
     version equals the turn count (nothing else changed the record), and every turn is
-    complete — a user input step first, then at least one model step.
+    complete — a user input step first, then at least one model step — but a turn recorded
+    ``lost`` (a killed worker's turn with nothing to adopt), which has no steps.
     """
     with contextlib.closing(cs.open_store(store_url)) as store:
         record = store.get_conversation(conv_id, tenant=TENANT)
@@ -229,9 +237,11 @@ def check_conversation(store_url: str, conv_id: str) -> tuple[list[str], list[cs
     for step in steps:
         by_turn.setdefault(step.turn_seq, []).append(step.type)
     for turn in turns:
+        if turn.status == LOST_STATUS:
+            if turn.seq in by_turn:
+                problems.append(f"turn {turn.seq} is recorded lost but has steps")
+            continue
         types = by_turn.get(turn.seq, [])
-        if turn.status == LOST_STATUS and not types:
-            continue  # a killed worker's turn with nothing to adopt: recorded, no steps
         if len(types) < 2 or types[0] != "user_input" or "model_output" not in types[1:]:
             problems.append(f"turn {turn.seq} is incomplete: {types}")
     return problems, turns
@@ -282,10 +292,16 @@ def run_concurrency(
         ]
         for proc in workers:
             proc.start()
-        for proc in workers:
-            proc.join(timeout=600)
-            if proc.exitcode != 0:
-                raise RuntimeError(f"worker failed with exit code {proc.exitcode}")
+        try:
+            for proc in workers:
+                proc.join(timeout=600)
+                if proc.exitcode != 0:
+                    raise RuntimeError(f"worker failed with exit code {proc.exitcode}")
+        finally:
+            for proc in workers:  # none outlives the run (its requests would land elsewhere)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=60)
         for path in results:
             report = json.loads(path.read_text())
             figures.turns_sent += report["sent"]
@@ -386,8 +402,8 @@ POINTS: dict[str, tuple[str, ...]] = {
     "send": (
         "before_post",  # the pending record is written, the request not yet sent
         "in_flight",  # the request is at the server (held there by a delay)
-        "after_response",  # the answer arrived, its id not yet recorded in the store
-        "before_commit",  # the answer's id recorded, the commit not started
+        "mid_answer",  # the server named the answer (its id recorded), the rest still arriving
+        "before_commit",  # the whole answer received, the commit not started
         "in_commit",  # at a random moment inside append_turn
         "after_commit",  # committed, the caller not yet told
     ),
@@ -438,7 +454,6 @@ def _worker_durable(
     key``, ``ANSWER id`` (a create returned), ``RECORDED id`` (``update_pending`` wrote it),
     ``ACK seq id key`` (send returned the turn), ``ACKP seq id key`` (a background turn
     handed back running)."""
-    from datetime import timedelta
 
     import httpx
 
@@ -506,6 +521,7 @@ def _worker_durable(
             real_update(pending, owner=owner)
             if pending.interaction_id:
                 log("RECORDED", pending.interaction_id)
+                hit("mid_answer")
 
         def append_turn(commit: Any) -> Any:
             hit("before_commit")
@@ -766,7 +782,6 @@ def _recover_all(
 ) -> None:
     """The next send of some conversations, then ``recover()``, then the late originals come
     back while a second recoverer runs, then ``recover()`` until nothing is left running."""
-    from datetime import timedelta
 
     short = timedelta(seconds=5)
     with (

@@ -245,15 +245,6 @@ def test_a_commit_cut_raises_a_store_error(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "begin_turn's outcome is not resolved: when the COMMIT of the pending record is cut "
-        "after the server committed it, send raises StoreUnavailable (nothing was sent) and "
-        "the retry with the same idempotency key meets its own pending record: TurnInFlight "
-        "until the lease expires (AsyncTurnDriver.perform, Begin effect)"
-    ),
-)
 def test_a_cut_begin_commit_does_not_block_the_retry(
     proxied: tuple[str, CommitCutter], emulator: Emulator
 ) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -99,9 +100,13 @@ def test_acknowledged_turns_survive_sigkill_and_restart(
     acked: dict[int, str | None] = {}
     failures: list[BaseException] = []
     stop = threading.Event()
+    # a turn whose store writes failed while the server was down stays in flight until its
+    # lease runs out; the next send waits for it, then finishes it (adopted or lost) first
     with (
         cs.InteractionsClient(api_key=KEY, base_url=emulator.url) as client,
-        cs.Conversations(private_redis.url, client) as convos,
+        cs.Conversations(
+            private_redis.url, client, lease=timedelta(seconds=1), poll_interval=0.05
+        ) as convos,
     ):
         conv = convos.create(tenant="crash", mode="server")
 
@@ -109,7 +114,7 @@ def test_acknowledged_turns_survive_sigkill_and_restart(
             i = 0
             while not stop.is_set():
                 try:
-                    turn = conv.send(f"turn {i}")
+                    turn = conv.send(f"turn {i}", in_flight="wait")
                 except cs.StoreError as exc:  # the server is down: not acknowledged
                     failures.append(exc)
                     time.sleep(0.01)

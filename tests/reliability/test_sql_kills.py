@@ -1,5 +1,7 @@
 """PostgreSQL and MariaDB connections killed from the server side, between turns and inside an
-append: the next operation reconnects by itself and no partial turn is ever visible."""
+append: the next operation reconnects by itself, no partial turn is ever visible, and the
+send whose append was killed still returns its turn (looked up by its idempotency key, then
+appended again)."""
 
 from __future__ import annotations
 
@@ -127,14 +129,29 @@ def test_killed_inside_an_append_leaves_no_partial_turn(
             if not fired and pattern.search(sql.replace('"', "").replace("`", "")):
                 fired.append(kill(admin, backend_id(conn.connection.dbapi_connection)))
 
+        seen: list[Any] = []  # what the store holds right after the failed append
+        store: Any = conv._store
+        real_append = store.append_turn
+
+        def append_turn(commit: Any) -> Any:
+            try:
+                return real_append(commit)
+            except cs.StoreUnavailable:
+                seen.append(state(conv))
+                raise
+
+        store.append_turn = append_turn
         sa.event.listen(engine, "before_cursor_execute", kill_own_backend)
         try:
-            # the append died with nothing of it written: the driver finds no turn under the
-            # key, reconnects and commits it once; the caller sees an ordinary turn
+            # the append fails (StoreUnavailable inside the store); the driver looks the turn
+            # up by its idempotency key, does not find it, and appends it again
             turn = conv.send("How many paws are in my house?")
         finally:
             sa.event.remove(engine, "before_cursor_execute", kill_own_backend)
+            store.append_turn = real_append
         assert fired == [1]
+        # reconnected, and nothing of the failed append was visible
+        assert seen == [before]
         assert turn.seq == 2
         assert turn.record.previous_interaction_id == before[4][0].interaction_id
         assert [t.seq for t in conv.turns()] == [1, 2]
