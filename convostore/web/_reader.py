@@ -37,8 +37,8 @@ __all__ = ["ReadOnlyStore"]
 
 class ReadOnlyStore:
     """Reads of a store: ``get_conversation``, ``list_conversations``, ``load_turns``,
-    ``load_steps``, ``load_compactions``, ``get_pending``, ``list_pending``, ``list_outbox`` (as the contract defines
-    them), and ``close``."""
+    ``load_steps``, ``load_compactions``, ``get_pending``, ``list_pending``, ``list_outbox``
+    (as the contract defines them), and ``close``."""
 
     def __init__(self, store: Store) -> None:
         self.__store = store
