@@ -31,9 +31,9 @@ def _worker(name: str, sizes: Sizes) -> dict[str, Any]:
     rows: list[Row] = []
     skipped = None
     if name == "replay":
-        from . import replay
+        from . import compaction, replay
 
-        rows = replay.measure(sizes)
+        rows = replay.measure(sizes) + compaction.measure(sizes)
     else:
         from . import store_costs, turns
 

@@ -8,6 +8,7 @@ from ._async.conversation import AsyncConversation, AsyncPendingTurn, AsyncTurnS
 from ._async.conversations import AsyncConversations
 from ._async.encrypted_store import AsyncEncryptedStore, async_rotate_keys
 from ._async.store import AsyncStore
+from ._core.context import CompactionPolicy
 from ._core.planner import Policy
 from ._encryption import KeyRing, RotationReport
 from ._exceptions import (
@@ -51,6 +52,7 @@ from ._sync.conversations import Conversations
 from ._sync.encrypted_store import EncryptedStore, rotate_keys
 from ._sync.store import Store
 from .models import (
+    CompactionRecord,
     ConversationRecord,
     DeleteReport,
     Interaction,
@@ -81,6 +83,8 @@ __all__ = [
     "AsyncTurnStream",
     "AuthenticationError",
     "BadRequestError",
+    "CompactionPolicy",
+    "CompactionRecord",
     "ConcurrentTurnError",
     "ConfigurationError",
     "ConflictError",

@@ -69,6 +69,7 @@ from .models import (
 )
 
 __all__ = [
+    "compactions",
     "conversations",
     "install_sqlite_hooks",
     "jsonb_safe",
@@ -161,6 +162,7 @@ conversations = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("context_epoch", sa.Integer(), nullable=False, server_default=sa.text("0")),
     sa.Index(None, "tenant", "created_at", "id"),
     sa.Index(None, "tenant", "user", "created_at", "id"),
     sa.Index(None, "created_at", "id"),
@@ -190,6 +192,7 @@ turns = sa.Table(
     sa.Column("idempotency_key", _KEY, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("audit_hash", sa.Text(), nullable=True),
+    sa.Column("context_epoch", sa.Integer(), nullable=False, server_default=sa.text("0")),
     # NULL keys never collide (SQL unique semantics on all three dialects)
     sa.UniqueConstraint("conversation_id", "idempotency_key"),
     mysql_engine="InnoDB",
@@ -247,6 +250,26 @@ pending_turns = sa.Table(
     sa.Column("data", _DOCUMENT, nullable=False),
     sa.Index(None, "created_at", "conversation_id"),
     sa.Index(None, "lease_expires_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Compactions: appended, never rewritten (the covered steps stay in ``steps``). The record
+# as a JSON document in ``data`` (its replacement steps are payloads: kept as text, verbatim).
+compactions = sa.Table(
+    "compactions",
+    metadata,
+    sa.Column(
+        "conversation_id",
+        _id(),
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("epoch", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("last_seq", sa.Integer(), nullable=False),
+    sa.Column("last_turn", sa.Integer(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("data", _DOCUMENT, nullable=False),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

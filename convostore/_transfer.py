@@ -9,6 +9,7 @@ The export format is JSON Lines, one record per line, each conversation's lines 
     {"kind": "turn", "conversation_id": ..., "seq": 1, ...}   # its TurnRecords, in seq order
     {"kind": "step", "conversation_id": ..., "seq": 1, ...}   # its StoredSteps, in seq order
     {"kind": "pending", "conversation_id": ..., ...}          # its turn in flight, if any
+    {"kind": "compaction", "conversation_id": ..., "epoch": 1, ...}  # its compactions, in order
 
 Importing validates the whole file before writing anything, then creates each conversation
 atomically; a conversation already present with the same content is skipped, so an import (or
@@ -42,6 +43,7 @@ from ._exceptions import (
 from ._sync.store import Store
 from .models import (
     LOST_STATUS,
+    CompactionRecord,
     ConversationRecord,
     PendingTurnRecord,
     StoredStep,
@@ -97,6 +99,7 @@ class Bundle:
     steps: list[StoredStep] = field(default_factory=list)
     pending: PendingTurnRecord | None = None
     """Its turn in flight, if any (not part of :meth:`fingerprint`: it is transient)."""
+    compactions: list[CompactionRecord] = field(default_factory=list)
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """The export lines of this conversation."""
@@ -107,6 +110,8 @@ class Bundle:
             yield {"kind": "step", **step.model_dump(mode="json")}
         if self.pending is not None:
             yield {"kind": "pending", **self.pending.model_dump(mode="json")}
+        for compaction in self.compactions:
+            yield {"kind": "compaction", **compaction.model_dump(mode="json")}
 
     def fingerprint(self) -> str:
         """What makes two copies "the same content": identity, settings, counts, the audit
@@ -123,7 +128,15 @@ class Bundle:
             data["created_at"] = rules.epoch_us(turn.created_at)
             turns.append(data)
         steps = [[s.seq, s.turn_seq, s.payload] for s in self.steps]
-        return _audit.canonical_json({"record": rec, "turns": turns, "steps": steps}).decode()
+        content: dict[str, Any] = {"record": rec, "turns": turns, "steps": steps}
+        if self.compactions:
+            compactions = []
+            for c in self.compactions:
+                data = c.model_dump(mode="json", exclude={"created_at"})
+                data["created_at"] = rules.epoch_us(c.created_at)
+                compactions.append(data)
+            content["compactions"] = compactions
+        return _audit.canonical_json(content).decode()
 
 
 @dataclass
@@ -186,7 +199,9 @@ def load(store: Store, record: ConversationRecord) -> Bundle:
     pending = store.get_pending(record.id, tenant=record.tenant)
     if pending is not None and not _continues(fresh, pending):
         pending = None
-    return Bundle(fresh, turns, steps, pending)
+    found = store.load_compactions(record.id, tenant=record.tenant)
+    compactions = [c for c in found if c.epoch <= fresh.context_epoch]
+    return Bundle(fresh, turns, steps, pending, compactions)
 
 
 def _continues(record: ConversationRecord, pending: PendingTurnRecord) -> bool:
@@ -226,7 +241,7 @@ def _parse_line(number: int, text: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ExportFormatError(number, "expected a JSON object")
     kind = data.pop("kind", None)
-    if kind not in ("conversation", "turn", "step", "pending"):
+    if kind not in ("conversation", "turn", "step", "pending", "compaction"):
         raise ExportFormatError(
             number, f"'kind' must be conversation, turn, step or pending; got {kind!r}"
         )
@@ -276,6 +291,8 @@ def read_export(lines: Iterable[str]) -> list[Bundle]:
                 current.turns.append(TurnRecord.model_validate(data))
             elif kind == "step":
                 current.steps.append(StoredStep.model_validate(data))
+            elif kind == "compaction":
+                current.compactions.append(CompactionRecord.model_validate(data))
             else:
                 if current.pending is not None:
                     raise ExportFormatError(number, f"a second turn in flight of {owner!r}")
@@ -290,6 +307,20 @@ def read_export(lines: Iterable[str]) -> list[Bundle]:
             raise ExportFormatError(
                 started[bundle.record.id], f"conversation {bundle.record.id!r}: {exc}"
             ) from None
+        epochs = [c.epoch for c in bundle.compactions]
+        record = bundle.record
+        if (
+            epochs != list(range(1, len(epochs) + 1))
+            or len(epochs) != record.context_epoch
+            or record.version < len(epochs)
+            or any(
+                c.last_turn > record.turn_count or c.last_seq > record.step_count
+                for c in bundle.compactions
+            )
+        ):
+            raise ExportFormatError(
+                started[record.id], f"conversation {record.id!r}: its compactions do not fit it"
+            )
         if bundle.pending is not None:
             number = started[f"pending:{bundle.record.id}"]
             try:
@@ -317,11 +348,20 @@ def _place(store: Store, bundle: Bundle, report: TransferReport) -> None:
             return
         report.skipped.append(record.id)
     else:
+        n = len(bundle.compactions)
+        base = record.model_copy(update={"version": record.version - n, "context_epoch": 0})
         try:
-            store.create_conversation(record, turns=bundle.turns, steps=bundle.steps)
+            store.create_conversation(base, turns=bundle.turns, steps=bundle.steps)
         except ConversationExists:
             report.conflicts[record.id] = "id already taken (by another tenant?)"
             return
+        for compaction in bundle.compactions:
+            # each append moves the version and the epoch on by one; the rest is the record's
+            epoch = compaction.epoch
+            step = record.model_copy(
+                update={"version": record.version - n + epoch, "context_epoch": epoch}
+            )
+            store.append_compaction(step, compaction)
         report.created.append(record.id)
     if bundle.pending is not None:
         try:
@@ -430,6 +470,7 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         except ValidationError as exc:
             problems.append(f"step {step.seq}: payload does not parse ({exc})")
             break
+    problems.extend(_compaction_problems(store, record, turns))
     if turns:
         last = turns[-1]
         if last.audit_hash is not None and record.last_turn_hash != last.audit_hash:
@@ -439,6 +480,25 @@ def verify(store: Store, record: ConversationRecord) -> list[str]:
         last = answered[-1] if answered else last
         if head is not None and head != last.interaction_id:
             problems.append(f"head {head!r} is not the last turn's interaction")
+    return problems
+
+
+def _compaction_problems(
+    store: Store, record: ConversationRecord, turns: list[TurnRecord]
+) -> list[str]:
+    """Compactions: epochs 1..n ending at the record's, each covering stored turns and
+    naming the audit hash of its last covered turn."""
+    found = store.load_compactions(record.id, tenant=record.tenant)
+    problems = []
+    if [c.epoch for c in found] != list(range(1, len(found) + 1)) or (
+        len(found) != record.context_epoch
+    ):
+        problems.append(f"compaction epochs do not run 1..{record.context_epoch}")
+    for c in found:
+        if c.last_turn > len(turns):
+            problems.append(f"compaction {c.epoch} covers turn {c.last_turn}, not stored")
+        elif c.audit_hash is not None and turns[c.last_turn - 1].audit_hash != c.audit_hash:
+            problems.append(f"compaction {c.epoch}: audit hash differs from turn {c.last_turn}")
     return problems
 
 

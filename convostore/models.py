@@ -815,6 +815,12 @@ class Reason(enum.StrEnum):
     """History exists but has no stored interaction to chain from (e.g. a fork or import)."""
     CHAIN_BROKEN = "chain_broken"
     """The server said the head is gone; the local mirror was replayed to seed a new chain."""
+    COMPACTED = "compacted"
+    """A compaction is in force and no chain holds its view yet: the compacted view (summary
+    plus the turns after it) was sent to seed a new chain."""
+    TOO_LARGE = "too_large"
+    """The API refused the request as too large; the conversation was compacted and the
+    compacted view sent once more."""
 
 
 def utcnow() -> datetime:
@@ -845,6 +851,8 @@ class ConversationRecord(_Record):
     created_at: AwareDatetime = Field(default_factory=utcnow)
     updated_at: AwareDatetime = Field(default_factory=utcnow)
     expires_at: AwareDatetime | None = None
+    context_epoch: int = 0
+    """The compaction in force (its ``epoch``; 0: none): what the next request's view uses."""
 
     @field_validator("id", "tenant")
     @classmethod
@@ -880,6 +888,48 @@ class TurnRecord(_Record):
     idempotency_key: str | None = None
     created_at: AwareDatetime = Field(default_factory=utcnow)
     audit_hash: str | None = None
+    context_epoch: int = 0
+    """The compaction in force when this turn was sent (0: none): with it, what the model saw
+    at this turn can be rebuilt (``conversation.context(at_turn=...)``)."""
+
+
+class CompactionRecord(_Record):
+    """A compaction: what replaces a covered range of the record in the requests' view.
+
+    Appended, never a rewrite: the covered steps stay in the record. The view of a request
+    under this compaction is the replacement ``steps`` followed by every step after
+    ``last_seq``. ``first_seq`` is 1: a later compaction covers the earlier one's range too
+    (its replacement carries the earlier summary forward).
+    """
+
+    conversation_id: str
+    epoch: int
+    """1, 2, …: the conversation's ``context_epoch`` once this compaction is written."""
+    first_seq: int = 1
+    last_seq: int
+    """The last covered step (the last step of turn ``last_turn``)."""
+    last_turn: int
+    steps: list[JSONObject]
+    """The replacement: Interactions input steps (e.g. a ``user_input`` with the summary)."""
+    summarizer: str
+    """``trim``, ``summarize`` or ``callable``."""
+    policy: str
+    """What fired: ``tokens``, ``too_large``, ``manual``."""
+    model: str | None = None
+    interaction_id: str | None = None
+    usage: JSONObject | None = None
+    audit_hash: str | None = None
+    """The covered range's audit hash: the last covered turn's ``audit_hash``."""
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[JSONObject]) -> list[JSONObject]:
+        check_json(value, "compaction steps")
+        for step in value:
+            if not isinstance(step, dict) or not isinstance(step.get("type"), str):
+                raise ValueError("a compaction's steps must be step objects with a type")
+        return value
 
 
 class StoredStep(_Record):

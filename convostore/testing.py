@@ -46,6 +46,7 @@ from ._exceptions import (
 )
 from ._sync.store import Store
 from .models import (
+    CompactionRecord,
     ConversationRecord,
     JSONObject,
     OutboxItem,
@@ -138,6 +139,7 @@ def make_commit(
         idempotency_key=idempotency_key,
         created_at=now,
         audit_hash=after.last_turn_hash,
+        context_epoch=record.context_epoch,
     )
     steps = [
         StoredStep(
@@ -1404,6 +1406,123 @@ class StoreConformance(_Divergences):
             store.list_outbox(tenant=tenant, due_at=datetime(2030, 1, 1))
         assert store.list_outbox(tenant=tenant) == []
 
+    # ------------------------------------------------------------- compactions
+
+    def _compaction(
+        self, record: ConversationRecord, *, last_turn: int, last_seq: int, **fields: Any
+    ) -> tuple[ConversationRecord, CompactionRecord]:
+        from ._core import context
+
+        compaction = CompactionRecord(
+            conversation_id=record.id,
+            epoch=record.context_epoch + 1,
+            last_seq=last_seq,
+            last_turn=last_turn,
+            steps=fields.pop("steps", [user_step("Summary: Grüße 🎉"), model_step("ok")]),
+            summarizer=fields.pop("summarizer", "summarize"),
+            policy=fields.pop("policy", "tokens"),
+            model="m",
+            interaction_id="int_sum",
+            usage={"total_input_tokens": 12},
+            audit_hash="abc",
+            **fields,
+        )
+        return context.compacted_record(record, compaction, now=datetime.now(UTC)), compaction
+
+    def test_compaction_appends_and_keeps_every_step(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        for _ in range(3):
+            record = add_turn(store, record)
+        steps = store.load_steps(record.id, tenant=record.tenant)
+        new, compaction = self._compaction(record, last_turn=2, last_seq=4)
+        written = store.append_compaction(new, compaction)
+        assert written.version == record.version + 1
+        assert written.context_epoch == 1 and written.head_interaction_id is None
+        assert written == store.get_conversation(record.id, tenant=record.tenant)
+        assert store.load_compactions(record.id, tenant=record.tenant) == [compaction]
+        assert store.load_steps(record.id, tenant=record.tenant) == steps
+        # a turn after it carries the epoch; a second compaction follows the first
+        after = add_turn(store, written)
+        assert store.load_turns(record.id, tenant=record.tenant)[-1].context_epoch == 1
+        new2, second = self._compaction(after, last_turn=3, last_seq=6, summarizer="trim")
+        store.append_compaction(new2, second)
+        assert store.load_compactions(record.id, tenant=record.tenant) == [compaction, second]
+        assert store.load_compactions(record.id, tenant=record.tenant, epoch=2) == [second]
+        assert store.load_compactions(record.id, tenant=record.tenant, epoch=9) == []
+
+    def test_compaction_is_version_checked_and_validated(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        record = add_turn(store, record)
+        new, compaction = self._compaction(record, last_turn=1, last_seq=2)
+        stale = new.model_copy(update={"version": record.version + 5})
+        with pytest.raises(ConcurrentTurnError):
+            store.append_compaction(stale, compaction)
+        past, beyond = self._compaction(record, last_turn=1, last_seq=9)
+        with pytest.raises(ValidationError):
+            store.append_compaction(past, beyond)
+        skipped = compaction.model_copy(update={"epoch": 2})
+        with pytest.raises(ValidationError):
+            store.append_compaction(new.model_copy(update={"context_epoch": 2}), skipped)
+        other = new.model_copy(update={"tenant": "someone-else"})
+        with pytest.raises(ConversationNotFound):
+            store.append_compaction(other, compaction)
+        with pytest.raises(ConversationNotFound):
+            store.load_compactions(record.id, tenant="someone-else")
+        assert store.load_compactions(record.id, tenant=record.tenant) == []
+        assert store.get_conversation(record.id, tenant=record.tenant) == record
+
+    def test_compaction_waits_for_the_turn_in_flight(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        record = add_turn(store, record)
+        pending = make_pending(record)
+        store.begin_turn(pending)
+        with pytest.raises(TurnInFlight) as caught:
+            store.append_compaction(*self._compaction(record, last_turn=1, last_seq=2))
+        assert caught.value.pending == pending
+        assert store.get_conversation(record.id, tenant=record.tenant) == record
+        assert store.load_compactions(record.id, tenant=record.tenant) == []
+        store.release_pending(
+            record.id, tenant=record.tenant, idempotency_key=pending.idempotency_key
+        )
+        assert store.append_compaction(*self._compaction(record, last_turn=1, last_seq=2))
+
+    def test_delete_removes_compactions(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        record = add_turn(store, record)
+        store.append_compaction(*self._compaction(record, last_turn=1, last_seq=2))
+        assert store.delete_conversation(record.id, tenant=record.tenant)
+        again = store.create_conversation(make_record(id=record.id, tenant=record.tenant))
+        assert store.load_compactions(again.id, tenant=again.tenant) == []
+
+    def test_step_range_pages_through_the_record(self, store: Store) -> None:
+        record = store.create_conversation(make_record())
+        for i in range(5):
+            record = add_turn(store, record, [user_step(f"q{i}"), model_step(f"a{i}")])
+        every = store.load_steps(record.id, tenant=record.tenant)
+        cid, tenant = record.id, record.tenant
+        assert store.load_step_range(cid, tenant=tenant) == every
+        assert store.load_step_range(cid, tenant=tenant, after_seq=3, limit=4) == every[3:7]
+        assert store.load_step_range(cid, tenant=tenant, before_seq=9, limit=3) == every[5:8]
+        assert store.load_step_range(cid, tenant=tenant, before_seq=3, limit=9) == every[:2]
+        assert store.load_step_range(cid, tenant=tenant, after_seq=2, before_seq=6) == every[2:5]
+        assert store.load_step_range(cid, tenant=tenant, after_seq=10) == []
+        assert store.load_step_range(cid, tenant=tenant, before_seq=1, limit=5) == []
+        # scrolling back page by page visits every step once
+        pages: list[StoredStep] = []
+        before = len(every) + 1
+        while True:
+            page = store.load_step_range(cid, tenant=tenant, before_seq=before, limit=3)
+            if not page:
+                break
+            pages = page + pages
+            before = page[0].seq
+        assert pages == every
+        with pytest.raises(ConversationNotFound):
+            store.load_step_range(cid, tenant="someone-else")
+        for bad in ({"after_seq": -1}, {"before_seq": 0}, {"limit": 0}, {"limit": True}):
+            with pytest.raises(ValidationError):
+                store.load_step_range(cid, tenant=tenant, **bad)
+
     # ------------------------------------------------------------- lifecycle
 
     def test_close_twice(self, store_factory: Callable[[], Store]) -> None:
@@ -1545,5 +1664,40 @@ class AsyncStoreConformance(_Divergences):
             assert await store.list_outbox(tenant=tenant, limit=1) == [retry]
             await store.remove_outbox([item.id for item in items])
             assert await store.list_outbox(tenant=tenant) == []
+
+        run(body)
+
+    def test_async_compactions_and_pages(self, run: Callable[..., Any]) -> None:
+        from ._core import context
+
+        async def body(store: AsyncStore) -> None:
+            record = await store.create_conversation(make_record())
+            for i in range(3):
+                commit = make_commit(record, [user_step(f"q{i}"), model_step(f"a{i}")])
+                assert (await store.append_turn(commit)).created
+                record = commit.record
+            compaction = CompactionRecord(
+                conversation_id=record.id,
+                epoch=1,
+                last_seq=4,
+                last_turn=2,
+                steps=[user_step("Summary 🎉"), model_step("ok")],
+                summarizer="summarize",
+                policy="tokens",
+            )
+            new = context.compacted_record(record, compaction, now=utcnow())
+            written = await store.append_compaction(new, compaction)
+            assert written.context_epoch == 1 and written.version == record.version + 1
+            with pytest.raises(ConcurrentTurnError):
+                await store.append_compaction(new, compaction)
+            found = await store.load_compactions(record.id, tenant=record.tenant)
+            assert found == [compaction]
+            every = await store.load_steps(record.id, tenant=record.tenant)
+            page = await store.load_step_range(
+                record.id, tenant=record.tenant, before_seq=6, limit=2
+            )
+            assert page == every[3:5]
+            with pytest.raises(ConversationNotFound):
+                await store.load_compactions(record.id, tenant=new_id("t"))
 
         run(body)

@@ -23,7 +23,7 @@ from convostore._sql import metadata, normalize_url
 from convostore.testing import add_turn, make_outbox_item, make_pending, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"conversations", "turns", "steps", "pending_turns", "outbox"}
+TABLES = {"conversations", "turns", "steps", "pending_turns", "outbox", "compactions"}
 
 
 def _engine(url: str, **options: object) -> sa.Engine:
@@ -114,7 +114,7 @@ def test_0002_upgrade_and_downgrade_keep_0001_data(fresh_url: str) -> None:
         )
     engine.dispose()
     _migrate.upgrade(fresh_url)
-    assert _migrate.current(fresh_url) == "0002" == _migrate.head()
+    assert _migrate.current(fresh_url) == _migrate.head()
     assert _tables(fresh_url) == TABLES
     store = cs.open_store(fresh_url)
     stored = store.get_conversation(record.id, tenant=record.tenant)
@@ -169,7 +169,7 @@ def test_sqlite_file_at_0001_migrates_itself_on_open(tmp_path: Path) -> None:
     record = store.create_conversation(make_record())
     store.begin_turn(make_pending(record))
     store.close()
-    assert _migrate.current(url) == _migrate.head() == "0002"
+    assert _migrate.current(url) == _migrate.head() == "0003"
 
 
 def test_unmigrated_server_database_names_the_command(fresh_postgres: str) -> None:
@@ -256,3 +256,51 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     assert package_file.startswith(str(tmp_path / "site"))
     assert location == str(tmp_path / "site" / "convostore" / "_migrations")
     assert revision == _migrate.head()
+
+
+def test_0003_upgrade_and_downgrade_keep_0002_data(fresh_url: str) -> None:
+    from convostore._core import context
+    from convostore.models import CompactionRecord
+
+    _migrate.upgrade(fresh_url, "0002")
+    assert "compactions" not in _tables(fresh_url)
+    record = make_record()
+    engine = _engine(fresh_url)
+    with engine.begin() as conn:  # written through the tables as they were at 0002
+        conn.execute(
+            sa.text(
+                "INSERT INTO conversations (id, tenant, mode, model, config, version, turn_count,"
+                " step_count, metadata, created_at, updated_at) VALUES (:id, :tenant, 'auto',"
+                " 'm', '{}', 0, 0, 0, '{}', :now, :now)"
+            ),
+            {"id": record.id, "tenant": record.tenant, "now": record.created_at},
+        )
+    engine.dispose()
+    _migrate.upgrade(fresh_url)
+    assert _migrate.current(fresh_url) == "0003" == _migrate.head()
+    store = cs.open_store(fresh_url)
+    assert store.get_conversation(record.id, tenant=record.tenant).context_epoch == 0
+    stored = add_turn(store, store.get_conversation(record.id, tenant=record.tenant))
+    assert store.load_turns(record.id, tenant=record.tenant)[0].context_epoch == 0
+    compaction = CompactionRecord(
+        conversation_id=record.id,
+        epoch=1,
+        last_seq=2,
+        last_turn=1,
+        steps=[],
+        summarizer="trim",
+        policy="manual",
+    )
+    store.append_compaction(
+        context.compacted_record(stored, compaction, now=stored.created_at), compaction
+    )
+    assert store.load_compactions(record.id, tenant=record.tenant) == [compaction]
+    store.close()
+    _migrate.downgrade(fresh_url, "0002")
+    assert "compactions" not in _tables(fresh_url)
+    _migrate.upgrade(fresh_url)
+    store = cs.open_store(fresh_url)
+    assert store.get_conversation(record.id, tenant=record.tenant).context_epoch == 0
+    assert len(store.load_steps(record.id, tenant=record.tenant)) == 2
+    assert store.load_compactions(record.id, tenant=record.tenant) == []
+    store.close()

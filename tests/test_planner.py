@@ -291,3 +291,13 @@ def test_fork_record_chains_only_from_stored_turn() -> None:
     fork = _planner.fork_record(rec, [unstored], 2, new_id="f2", now=NOW)
     assert fork.head_interaction_id is None
     assert decide(fork, policy=Policy(), now=NOW).reason == Reason.NO_SERVER_HEAD
+
+
+def test_a_compaction_without_a_chain_reseeds_from_the_view() -> None:
+    record = ConversationRecord(
+        id="c", tenant="t", model="m", mode="server", turn_count=3, step_count=6, context_epoch=1
+    )
+    decision = decide(record, policy=Policy(), now=NOW)
+    assert decision == Decision("stateless", Reason.COMPACTED, True, None)
+    stateless = record.model_copy(update={"mode": "stateless"})
+    assert decide(stateless, policy=Policy(), now=NOW).reason == Reason.STATELESS_MODE

@@ -391,6 +391,7 @@ def test_the_web_package_has_no_write_or_api_code_path() -> None:
         "list_conversations",
         "list_outbox",
         "list_pending",
+        "load_compactions",
         "load_steps",
         "load_turns",
     }

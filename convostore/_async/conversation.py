@@ -14,10 +14,12 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from .._core import context as _context
 from .._core import lifecycle, planner
 from .._exceptions import (
     APIError,
     ConcurrentTurnError,
+    CorruptRecordError,
     InteractionFailed,
     LeaseLost,
     StreamError,
@@ -25,11 +27,13 @@ from .._exceptions import (
     ValidationError,
 )
 from ..models import (
+    CompactionRecord,
     ConversationRecord,
     DeleteReport,
     JSONObject,
     PendingTurnRecord,
     StepDeltaEvent,
+    StoredStep,
     TextDelta,
     Turn,
     TurnRecord,
@@ -65,6 +69,8 @@ class AsyncConversation:
         self._store = owner.store
         self._client = owner.client
         self._record = record
+        self.compaction: _context.CompactionPolicy | None = owner.compaction
+        """This conversation's compaction policy (default: the ``AsyncConversations``')."""
 
     def __repr__(self) -> str:
         r = self._record
@@ -237,6 +243,16 @@ class AsyncConversation:
             if done is not None:
                 return await self._stored_turn(done, replayed=True)
         record = await self.refresh()
+        policy = self.compaction
+        if policy is not None and policy.budget(record.model) is not None and record.turn_count:
+            latest = await store.load_turns(self.id, tenant=tenant, after_seq=record.turn_count - 1)
+            if _context.should_compact(policy, record, latest[-1] if latest else None):
+                try:
+                    record = await self._compact(record, policy, "tokens") or record
+                except (ConcurrentTurnError, TurnInFlight):
+                    # another writer moved first: this turn goes as planned from what is
+                    # stored now, and the next one measures again
+                    record = await self.refresh()
         if planner.answered_call_ids(new_steps):
             last = await store.load_steps(self.id, tenant=tenant, turn=record.turn_count)
             planner.check_function_results(new_steps, [s.payload for s in last])
@@ -261,7 +277,7 @@ class AsyncConversation:
         if background and owner.webhook_uris:
             body["webhook_config"] = planner.webhook_config(owner.webhook_uris, prepared.record)
         now = utcnow()
-        return lifecycle.TurnLifecycle.plan(
+        machine = lifecycle.TurnLifecycle.plan(
             prepared.record,
             decision,
             new_steps=prepared.new_steps,
@@ -275,6 +291,8 @@ class AsyncConversation:
             background=background,
             auto_continue=owner.auto_continue if auto_continue is None else auto_continue,
         )
+        machine.compact_on_refusal = self.compaction is not None and self.compaction.reactive
+        return machine
 
     async def _body(
         self,
@@ -284,9 +302,141 @@ class AsyncConversation:
     ) -> JSONObject:
         history: list[JSONObject] = []
         if decision.needs_history:
-            stored = await self._store.load_steps(self.id, tenant=self.tenant)
-            history = [s.payload for s in stored]
+            history = await self._view(record.context_epoch)
         return planner.plan_request(record, decision, new_steps=new_steps, history=history)
+
+    async def _view(self, epoch: int, *, before_turn: int | None = None) -> list[JSONObject]:
+        """The history a request sends under compaction ``epoch`` (0: none): the
+        replacement, then the steps after the covered range (those of turns before
+        ``before_turn`` only, when given)."""
+        compaction: CompactionRecord | None = None
+        after = 0
+        if epoch:
+            found = await self._store.load_compactions(self.id, tenant=self.tenant, epoch=epoch)
+            if not found:  # never send the whole record in place of a lost view
+                raise CorruptRecordError(f"compaction {epoch} of {self.id!r} is missing")
+            compaction = found[0]
+            after = compaction.last_seq
+        loaded = await self._store.load_steps(self.id, tenant=self.tenant, after_seq=after)
+        if before_turn is not None:
+            loaded = [s for s in loaded if s.turn_seq < before_turn]
+        return _context.view(compaction, [s.payload for s in loaded])
+
+    # ------------------------------------------------------------------ context
+
+    async def context(self, *, at_turn: int | None = None) -> list[JSONObject]:
+        """What the model saw: the whole input of turn ``at_turn`` (the compacted view in
+        force then, and that turn's input), or, by default, the history the next request
+        would carry before its input (a dry run; nothing is sent).
+
+        For a chained turn the server held the history; this is that history as the mirror
+        rebuilds it.
+        """
+        record = await self.refresh()
+        if at_turn is None:
+            return await self._view(record.context_epoch)
+        k = at_turn
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= record.turn_count:
+            raise ValidationError(f"at_turn must be between 1 and {record.turn_count}; got {k!r}")
+        turn = (await self._store.load_turns(self.id, tenant=self.tenant, after_seq=k - 1))[0]
+        history = await self._view(turn.context_epoch, before_turn=k)
+        own = await self._store.load_steps(self.id, tenant=self.tenant, turn=k)
+        shown = planner.turn_result(turn, [s.payload for s in own], replayed=False)
+        return [*history, *shown.input_steps]
+
+    async def compactions(self) -> list[CompactionRecord]:
+        """Every compaction of this conversation, oldest first."""
+        return await self._store.load_compactions(self.id, tenant=self.tenant)
+
+    async def compact(
+        self,
+        *,
+        summarizer: str | _context.Summarizer | None = None,
+        keep_turns: int | None = None,
+    ) -> CompactionRecord | None:
+        """Compact now: the oldest turns (all but the newest ``keep_turns``, cut at a clean
+        boundary) leave the requests' view, replaced by what ``summarizer`` makes of them.
+        The record keeps every step. Returns None when there is nothing to cover.
+
+        Raises:
+            ValidationError: a bad summarizer or keep_turns.
+            ConcurrentTurnError: a turn was committed meanwhile.
+        """
+        base = self.compaction or _context.CompactionPolicy(summarizer="trim")
+        changes: dict[str, Any] = {}
+        if summarizer is not None:
+            changes["summarizer"] = _context.check_summarizer(summarizer)
+        if keep_turns is not None:
+            changes["keep_turns"] = keep_turns
+        policy = _context.CompactionPolicy(**{**base.__dict__, **changes})
+        record = await self.refresh()
+        if await self._compact(record, policy, "manual") is None:
+            return None
+        return (await self.compactions())[-1]
+
+    async def _compact(
+        self, record: ConversationRecord, policy: _context.CompactionPolicy, fired: str
+    ) -> ConversationRecord | None:
+        """Write the next compaction of ``record``; the record after it (None: nothing to
+        cover)."""
+        store, tenant = self._store, self.tenant
+        previous: CompactionRecord | None = None
+        if record.context_epoch:
+            found = await store.load_compactions(self.id, tenant=tenant, epoch=record.context_epoch)
+            previous = found[0] if found else None
+        after_turn = previous.last_turn if previous else 0
+        turns = await store.load_turns(self.id, tenant=tenant)
+        after_seq = previous.last_seq if previous else 0
+        steps = await store.load_steps(self.id, tenant=tenant, after_seq=after_seq)
+        keep = policy.keep_turns
+        where = None
+        while where is None and keep >= 0:
+            where = _context.cut(turns, steps, after_turn=after_turn, keep_turns=keep)
+            keep -= 1
+            if fired == "manual" or fired == "tokens":
+                break  # only a refusal may eat into the turns kept raw
+        if where is None:
+            return None
+        last_turn, last_seq = where
+        covered = [s.payload for s in steps if s.seq <= last_seq]
+        prior = list(previous.steps) if previous else []
+        model: str | None = None
+        interaction_id: str | None = None
+        usage: JSONObject | None = None
+        kind = _context.summarizer_kind(policy.summarizer)
+        if policy.summarizer == "trim":
+            replacement = prior
+        elif policy.summarizer == "summarize":
+            model = policy.summary_model or record.model
+            body = _context.summary_request(model, prior, covered, record.config)
+            answer = await self._client._create_checked(body)
+            replacement = _context.summary_steps(answer.output_text)
+            interaction_id = answer.id or None
+            usage = answer.usage.model_dump(exclude_none=True) if answer.usage else None
+        else:
+            assert callable(policy.summarizer)
+            replacement = [dict(s) for s in policy.summarizer(prior, covered)]
+        now = utcnow()
+        compaction = CompactionRecord(
+            conversation_id=self.id,
+            epoch=record.context_epoch + 1,
+            last_seq=last_seq,
+            last_turn=last_turn,
+            steps=replacement,
+            summarizer=kind,
+            policy=fired,
+            model=model,
+            interaction_id=interaction_id,
+            usage=usage,
+            audit_hash=turns[last_turn - 1].audit_hash,
+            created_at=now,
+        )
+        new = _context.compacted_record(record, compaction, now=now)
+        self._record = await store.append_compaction(new, compaction)
+        logger.info(
+            "conversation %s: turns 1-%d compacted (%s, %s)", self.id, last_turn, kind, fired
+        )
+        return self._record
 
     async def _in_flight(self, pending: PendingTurnRecord, policy: InFlight) -> None:
         """Another turn is in flight: finish it if its worker is gone, else apply the policy.
@@ -341,10 +491,44 @@ class AsyncConversation:
 
     # ------------------------------------------------------------------ reading
 
-    async def history(self, *, newest: int | None = None) -> list[JSONObject]:
-        """Every step in order as wire JSON (``newest=N``: the last N, cut at a turn boundary)."""
-        steps = await self._store.load_steps(self.id, tenant=self.tenant, newest=newest)
+    async def history(
+        self,
+        *,
+        newest: int | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[JSONObject]:
+        """Every step in order as wire JSON (``newest=N``: the last N, cut at a turn boundary).
+
+        Scroll-back through the whole record (compacted turns included): ``before_seq`` and
+        ``limit`` give the ``limit`` steps before that seq, ``after_seq`` and ``limit`` the
+        ones after it (step seqs are 1-based; ``history(after_seq=0, limit=50)`` is the
+        first page). Use :meth:`page` for the seqs too.
+        """
+        if before_seq is None and after_seq is None and limit is None:
+            steps = await self._store.load_steps(self.id, tenant=self.tenant, newest=newest)
+        else:
+            if newest is not None:
+                raise ValidationError("newest cannot be combined with before_seq/after_seq/limit")
+            steps = await self.page(before_seq=before_seq, after_seq=after_seq, limit=limit)
         return [s.payload for s in steps]
+
+    async def page(
+        self,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        """A page of the record as stored steps (with their seqs), a keyset read."""
+        return await self._store.load_step_range(
+            self.id,
+            tenant=self.tenant,
+            after_seq=after_seq or 0,
+            before_seq=before_seq,
+            limit=limit,
+        )
 
     async def turns(self) -> list[TurnRecord]:
         """Every committed turn, in order."""
@@ -411,6 +595,13 @@ class AsyncConversation:
             turns=[t.model_copy(update={"conversation_id": fork.id}) for t in turns],
             steps=[s.model_copy(update={"conversation_id": fork.id}) for s in steps],
         )
+        for compaction in await self.compactions():
+            if compaction.last_turn > k:
+                break
+            copied = compaction.model_copy(update={"conversation_id": fork.id})
+            fork = await self._store.append_compaction(
+                _context.compacted_record(fork, copied, now=utcnow()), copied
+            )
         return AsyncConversation(self._owner, fork)
 
     async def delete(self, *, remote: bool = False) -> DeleteReport:

@@ -50,6 +50,7 @@ from .._sql import (
     AppendStatements,
     DriverStatement,
     OneStatementAppend,
+    compactions,
     conversation_row,
     conversations,
     decode_conversation,
@@ -82,12 +83,13 @@ from ..models import (
     TurnCommit,
     TurnRecord,
 )
+from .sql_compaction import AsyncSQLCompaction
 from .sql_pending import AsyncSQLPending
 
 IS_ASYNC = True
 
 
-class AsyncSQLStore(AsyncSQLPending):
+class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
     """A store in a SQL database (see :class:`~convostore._async.store.AsyncStore`)."""
 
     def __init__(
@@ -418,6 +420,7 @@ class AsyncSQLStore(AsyncSQLPending):
             return 0
         # children first: SQLite enforces the cascade only where foreign_keys is on
         await conn.execute(pending_turns.delete().where(pending_turns.c.conversation_id.in_(found)))
+        await conn.execute(compactions.delete().where(compactions.c.conversation_id.in_(found)))
         await conn.execute(steps_table.delete().where(steps_table.c.conversation_id.in_(found)))
         await conn.execute(turns_table.delete().where(turns_table.c.conversation_id.in_(found)))
         result = await conn.execute(conversations.delete().where(conversations.c.id.in_(found)))

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._core import context as _context
 from .._core import lifecycle, planner
 from .._core.continuation import continuation_body
 from .._exceptions import (
@@ -35,6 +36,7 @@ from ..models import (
     InteractionCreatedEvent,
     JSONObject,
     PendingTurnRecord,
+    Reason,
     Turn,
     TurnCommit,
     utcnow,
@@ -175,6 +177,8 @@ class AsyncTurnDriver:
             )
             body = await self.conv._body(machine.record, decision, machine.pending.input_steps)
             return False, machine.replanned(decision, body)
+        if isinstance(effect, lifecycle.Compact):
+            return False, await self.compact(machine, effect.error)
         if isinstance(effect, lifecycle.Record):
             adopted = await self.record(machine, effect.pending)
             if adopted is not None:
@@ -188,6 +192,27 @@ class AsyncTurnDriver:
                 raise effect.error
             return True, None
         raise lifecycle.LifecycleError(f"no driver for {effect!r}")  # pragma: no cover
+
+    async def compact(self, machine: lifecycle.TurnLifecycle, error: Exception) -> lifecycle.Effect:
+        """The request was refused as too large: compact, then send the view once more."""
+        pending = machine.pending
+        await self.store.release_pending(
+            pending.conversation_id, tenant=pending.tenant, idempotency_key=pending.idempotency_key
+        )
+        policy = self.conv.compaction or _context.REACTIVE_ONLY
+        record = await self.conv.refresh()
+        logger.warning(
+            "conversation %s: the request was refused as too large; compacting", record.id
+        )
+        compacted = await self.conv._compact(record, policy, "too_large")
+        if compacted is None:  # a single turn too large: nothing the view can leave out
+            raise error
+        planned = planner.decide(compacted, policy=self.owner.policy, now=utcnow())
+        decision = planner.Decision(
+            planned.mode_used, Reason.TOO_LARGE, planned.store, planned.previous_interaction_id
+        )
+        body = await self.conv._body(compacted, decision, pending.input_steps)
+        return machine.compacted(compacted, decision, body)
 
     async def send(
         self, machine: lifecycle.TurnLifecycle, body: dict[str, Any]

@@ -25,7 +25,7 @@ def turn_hash(
     previous_hash: str | None, turn: TurnRecord, steps: Iterable[Mapping[str, Any] | StoredStep]
 ) -> str:
     """The audit hash of ``turn`` given the hash of the turn before it (None for the first)."""
-    body = {
+    body: dict[str, Any] = {
         "previous": previous_hash,
         "turn": {
             "seq": turn.seq,
@@ -43,6 +43,8 @@ def turn_hash(
             [s.seq, s.turn_seq, s.payload] if isinstance(s, StoredStep) else s for s in steps
         ],
     }
+    if turn.context_epoch:  # absent when 0, so hashes written before compaction still hold
+        body["turn"]["context_epoch"] = turn.context_epoch
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 

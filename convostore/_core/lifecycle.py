@@ -50,7 +50,7 @@ from ..models import (
     TurnRecord,
     to_wire,
 )
-from . import audit, planner
+from . import audit, context, planner
 from .continuation import continuation_body, merge_hops
 
 DEFAULT_LEASE = timedelta(minutes=2)
@@ -110,6 +110,15 @@ class Replan:
 
 
 @dataclass(frozen=True)
+class Compact:
+    """The API refused the request as too large: release the pending record, compact the
+    conversation, then call ``compacted(record, decision, body)`` with the compacted view
+    (or, when nothing can be compacted, raise ``error``)."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
 class Record:
     """Write the server's progress (``Store.update_pending``), then call ``recorded()``."""
 
@@ -148,7 +157,7 @@ class Wait:
     pending: PendingTurnRecord
 
 
-Effect = Begin | Send | Replan | Record | Poll | Commit | Release | Wait
+Effect = Begin | Send | Replan | Compact | Record | Poll | Commit | Release | Wait
 
 
 # --------------------------------------------------------------------------- the machine
@@ -169,6 +178,8 @@ class TurnLifecycle:
     hops: list[Interaction] = field(default_factory=list)
     _after_record: Effect | None = None
     _chain_broken: bool = False
+    _compacted: bool = False
+    compact_on_refusal: bool = True
 
     # ------------------------------------------------------------ construction
 
@@ -257,6 +268,15 @@ class TurnLifecycle:
         if (
             self.phase is Phase.PENDING
             and not self.hops
+            and self.compact_on_refusal
+            and not self._compacted
+            and context.too_large(exc)
+        ):
+            self._compacted = True
+            return Compact(exc)
+        if (
+            self.phase is Phase.PENDING
+            and not self.hops
             and chained
             and not self._chain_broken
             and isinstance(exc, NotFoundError | BadRequestError)
@@ -280,6 +300,27 @@ class TurnLifecycle:
         self.body = body
         self.pending = self.pending.model_copy(
             update={
+                "mode_used": decision.mode_used,
+                "reason": decision.reason,
+                "store": decision.store,
+                "previous_interaction_id": None,
+            }
+        )
+        self.phase = Phase.PLANNED
+        return Begin(self.pending)
+
+    def compacted(
+        self, record: ConversationRecord, decision: planner.Decision, body: JSONObject
+    ) -> Effect:
+        """The request was too large: the conversation is compacted (its version moved on),
+        and the turn is begun again with the compacted view, once."""
+        self._expect(Phase.PENDING)
+        self.record = record
+        self.decision = decision
+        self.body = body
+        self.pending = self.pending.model_copy(
+            update={
+                "planned_version": record.version,
                 "mode_used": decision.mode_used,
                 "reason": decision.reason,
                 "store": decision.store,

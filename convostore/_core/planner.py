@@ -287,6 +287,8 @@ def decide(
     if record.step_count == 0:
         return Decision("server", Reason.FIRST_TURN, True, None)
     head = record.head_interaction_id
+    if head is None and record.context_epoch:
+        return Decision("stateless", Reason.COMPACTED, True, None)
     if head is None:
         return Decision("stateless", Reason.NO_SERVER_HEAD, True, None)
     if record.head_model is not None and record.head_model != record.model:
@@ -367,6 +369,7 @@ def commit_turn(
         usage=usage,
         idempotency_key=idempotency_key,
         created_at=now,
+        context_epoch=record.context_epoch,
     )
     turn = turn.model_copy(
         update={"audit_hash": _audit.turn_hash(record.last_turn_hash, turn, steps)}

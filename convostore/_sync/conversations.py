@@ -13,6 +13,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+from .._core import context as _context
 from .._core import lifecycle, planner
 from .._core.webhooks import verify_webhook
 from .._exceptions import (
@@ -84,6 +85,7 @@ class Conversations:
         webhook_uris: Sequence[str] = (),
         webhook_secret: str | bytes | None = None,
         worker_id: str | None = None,
+        compaction: _context.CompactionPolicy | None = _context.REACTIVE_ONLY,
     ) -> None:
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
@@ -105,6 +107,11 @@ class Conversations:
             raise ValidationError("poll_timeout must be a number of seconds")
         self.poll_timeout = float(poll_timeout)
         self.auto_continue = bool(auto_continue)
+        if compaction is not None and not isinstance(compaction, _context.CompactionPolicy):
+            raise ValidationError("compaction must be a CompactionPolicy or None")
+        self.compaction = compaction
+        """Every conversation's default compaction policy (``conversation.compaction``
+        overrides it for one conversation; None: never compact)."""
         self.webhook_uris = list(webhook_uris)
         self.webhook_secret = webhook_secret
         self._orphaned: set[str] = set()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from .. import _encryption as enc
+from .._core import context as _context
 from .._core import store_rules as rules
 from .._exceptions import (
     ConcurrentTurnError,
@@ -23,6 +24,7 @@ from .._exceptions import (
 )
 from ..models import (
     AppendResult,
+    CompactionRecord,
     ConversationRecord,
     OutboxItem,
     Page,
@@ -34,6 +36,51 @@ from ..models import (
 from .store import Store
 
 __all__ = ["EncryptedStore", "rotate_keys"]
+
+
+def _compaction_aad(compaction: CompactionRecord, index: int, kind: str) -> bytes:
+    # ids never contain "|" and the free-form type comes last: unambiguous
+    return (
+        f"convostore-compaction|{enc._VERSION}|{compaction.conversation_id}|{compaction.epoch}"
+        f"|{index}|{kind}"
+    ).encode()
+
+
+def seal_compaction(dek: bytes, compaction: CompactionRecord) -> CompactionRecord:
+    """The stored form of a compaction: its replacement steps (payloads) encrypted, their
+    types kept readable."""
+    aead = enc._aesgcm(dek)
+    sealed = [
+        {
+            "type": step["type"],
+            enc.ENCRYPTED_FIELD: enc._seal(
+                aead, step, _compaction_aad(compaction, i, step["type"])
+            ),
+        }
+        for i, step in enumerate(compaction.steps)
+    ]
+    return compaction.model_copy(update={"steps": sealed})
+
+
+def open_compaction(dek: bytes, stored: CompactionRecord) -> CompactionRecord:
+    """A compaction with its replacement steps decrypted.
+
+    Raises:
+        CorruptCiphertextError: altered, moved, or not encrypted.
+    """
+    aead = enc._aesgcm(dek)
+    cid = stored.conversation_id
+    opened = []
+    for i, step in enumerate(stored.steps):
+        kind = step.get("type")
+        aad = _compaction_aad(stored, i, str(kind))
+        payload = enc._open(aead, step.get(enc.ENCRYPTED_FIELD), aad, cid, None)
+        if type(payload) is not dict or payload.get("type") != kind:
+            raise CorruptCiphertextError(
+                "decrypted compaction step is not a step of its type", conversation_id=cid
+            )
+        opened.append(payload)
+    return stored.model_copy(update={"steps": opened})
 
 
 class EncryptedStore:
@@ -220,6 +267,53 @@ class EncryptedStore:
             for record in purged:
                 self._deks.drop(record.id)
         return [self._open_record(r) for r in purged]
+
+    # ------------------------------------------------------------------ compactions
+
+    def append_compaction(
+        self, record: ConversationRecord, compaction: CompactionRecord
+    ) -> ConversationRecord:
+        record, compaction = _context.check_compaction(record, compaction)
+        # read afresh, as begin_turn does: sealing under a stale cached key would leave the
+        # compaction unreadable
+        stored = self.inner.get_conversation(record.id, tenant=record.tenant)
+        dek = enc.unwrap_dek(self.keyring, enc.envelope_of(stored), stored.id)
+        sealed_record = record.model_copy(
+            update={"config": stored.config, "metadata": stored.metadata}
+        )
+        try:
+            written = self.inner.append_compaction(
+                sealed_record, seal_compaction(dek, compaction)
+            )
+        except TurnInFlight as exc:
+            opened = self._open_pending(exc.pending)
+            raise TurnInFlight(record.id, pending=opened) from exc
+        return self._open_record(written)
+
+    def load_compactions(
+        self, conversation_id: str, *, tenant: str, epoch: int | None = None
+    ) -> list[CompactionRecord]:
+        found = self.inner.load_compactions(conversation_id, tenant=tenant, epoch=epoch)
+        if not found:
+            return []
+        dek = self._fresh_dek(conversation_id, tenant)
+        return [open_compaction(dek, c) for c in found]
+
+    def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        stored = self.inner.load_step_range(
+            conversation_id, tenant=tenant, after_seq=after_seq, before_seq=before_seq, limit=limit
+        )
+        if not stored:
+            return []
+        return enc.open_steps(self._fresh_dek(conversation_id, tenant), stored)
 
     # ------------------------------------------------------------------ turns in flight
 

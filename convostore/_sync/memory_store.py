@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .._core import context as _context
 from .._core import store_rules as rules
 from .._exceptions import (
     ConcurrentTurnError,
@@ -30,6 +31,7 @@ from .._exceptions import (
 )
 from ..models import (
     AppendResult,
+    CompactionRecord,
     ConversationRecord,
     JSONObject,
     OutboxItem,
@@ -52,6 +54,7 @@ class _Conversation:
     steps: list[tuple[int, str]] = field(default_factory=list)
     keys: dict[str, int] = field(default_factory=dict)
     pending: str | None = None
+    compactions: list[str] = field(default_factory=list)
 
 
 class _State:
@@ -313,6 +316,55 @@ class MemoryStore:
                 for record in doomed:
                     del self._state.conversations[record.id]
         return doomed
+
+    # ----------------------------------------------------------------- compactions
+
+    def append_compaction(
+        self, record: ConversationRecord, compaction: CompactionRecord
+    ) -> ConversationRecord:
+        record, compaction = _context.check_compaction(record, compaction)
+        text = compaction.model_dump_json()
+        with self._state.lock:
+            conv = self._get(record.id, record.tenant)
+            stored = _record(conv)
+            _context.check_compacts(stored, record, compaction)
+            in_flight = _pending(conv, record.tenant)
+            if in_flight is not None:
+                raise TurnInFlight(record.id, pending=in_flight)
+            conv.record = _merge(stored, record, _context.COMPACT_FIELDS)
+            conv.compactions.append(text)
+            return _record(conv)
+
+    def load_compactions(
+        self, conversation_id: str, *, tenant: str, epoch: int | None = None
+    ) -> list[CompactionRecord]:
+        _context.check_load_compactions(conversation_id, tenant, epoch)
+        with self._state.lock:
+            texts = list(self._get(conversation_id, tenant).compactions)
+        found = [CompactionRecord.model_validate_json(text) for text in texts]
+        return _context.select(found, epoch)
+
+    def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        _context.check_step_range(conversation_id, tenant, after_seq, before_seq, limit)
+        with self._state.lock:
+            conv = self._get(conversation_id, tenant)
+            first, last = _context.step_window(len(conv.steps), after_seq, before_seq, limit)
+            rows = conv.steps[first - 1 : last] if first <= last else []
+        payloads = rules.loads("[" + ",".join(text for _, text in rows) + "]", "stored steps")
+        return [
+            rules.stored_step(conversation_id, seq, turn_seq, payload)
+            for seq, ((turn_seq, _), payload) in enumerate(
+                zip(rows, payloads, strict=True), start=first
+            )
+        ]
 
     # ----------------------------------------------------------------- turns in flight
 

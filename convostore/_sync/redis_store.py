@@ -47,6 +47,7 @@ from ..models import (
     TurnCommit,
     TurnRecord,
 )
+from .redis_compaction import RedisCompaction, compaction_key
 from .redis_pending import BATCH, RedisPending, translate_errors
 
 # steps read beyond N by load_steps(newest=N), so that the turn boundary before the N-th
@@ -54,7 +55,7 @@ from .redis_pending import BATCH, RedisPending, translate_errors
 _NEWEST_SLACK = 16
 
 
-class RedisStore(RedisPending):
+class RedisStore(RedisPending, RedisCompaction):
     """A store on plain Redis (see the module docstring for the layout and its trade-offs)."""
 
     def __init__(
@@ -423,6 +424,7 @@ class RedisStore(RedisPending):
             raise ConcurrentTurnError(
                 record.id, expected_version=record.version - 1, actual_version=int(status[1])
             )
+        self._expire_compactions(record)
         return keys.decode_record(status[1])
 
     def delete_conversation(self, conversation_id: str, *, tenant: str) -> bool:
@@ -446,6 +448,7 @@ class RedisStore(RedisPending):
         with self._client.pipeline(transaction=False) as pipe:
             for index in keys.index_keys(self._prefix, tenant, user):
                 pipe.zrem(index, member)
+            pipe.delete(compaction_key(self._prefix, conversation_id))
             in_flight = [fields[name] for name in (b"_pm", b"_ps") if fields.get(name)]
             for index in keys.pending_index_keys(self._prefix, tenant) if in_flight else ():
                 pipe.zrem(index, *in_flight)

@@ -52,6 +52,7 @@ from .._sql import (
     AppendStatements,
     DriverStatement,
     OneStatementAppend,
+    compactions,
     conversation_row,
     conversations,
     decode_conversation,
@@ -84,12 +85,13 @@ from ..models import (
     TurnCommit,
     TurnRecord,
 )
+from .sql_compaction import SQLCompaction
 from .sql_pending import SQLPending
 
 IS_ASYNC = False
 
 
-class SQLStore(SQLPending):
+class SQLStore(SQLPending, SQLCompaction):
     """A store in a SQL database (see :class:`~convostore._sync.store.Store`)."""
 
     def __init__(
@@ -420,6 +422,7 @@ class SQLStore(SQLPending):
             return 0
         # children first: SQLite enforces the cascade only where foreign_keys is on
         conn.execute(pending_turns.delete().where(pending_turns.c.conversation_id.in_(found)))
+        conn.execute(compactions.delete().where(compactions.c.conversation_id.in_(found)))
         conn.execute(steps_table.delete().where(steps_table.c.conversation_id.in_(found)))
         conn.execute(turns_table.delete().where(turns_table.c.conversation_id.in_(found)))
         result = conn.execute(conversations.delete().where(conversations.c.id.in_(found)))

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from ..models import (
     AppendResult,
+    CompactionRecord,
     ConversationRecord,
     OutboxItem,
     Page,
@@ -166,6 +167,59 @@ class Store(Protocol):
         """Delete every conversation whose ``expires_at`` is at or before ``now`` (default:
         the current time) or, when ``older_than`` is given, whose ``updated_at`` is before it.
         Returns the records deleted (or, with ``dry_run``, that would be)."""
+        ...
+
+    # ---------------------------------------------------------------- compactions
+
+    def append_compaction(
+        self, record: ConversationRecord, compaction: CompactionRecord
+    ) -> ConversationRecord:
+        """Append a compaction (never a rewrite: no step is deleted or changed) and move the
+        conversation to its epoch, atomically, under the version check of a turn.
+
+        ``record`` is the conversation after the compaction (``context.compacted_record``):
+        its ``version`` is the stored version plus one and its ``context_epoch`` the
+        compaction's ``epoch``, the stored epoch plus one. Writes to the conversation:
+        version, context_epoch, head_interaction_id, head_created_at, head_model, updated_at.
+
+        Raises:
+            ConcurrentTurnError: the stored version is not ``record.version - 1``.
+            ConversationNotFound: missing or another tenant's.
+            TurnInFlight: a turn is in flight (its commit would no longer continue the
+                version it was planned from); nothing is written.
+            ValidationError: malformed, an epoch that does not follow the stored one, or a
+                range past the stored steps or turns.
+        """
+        ...
+
+    def load_compactions(
+        self, conversation_id: str, *, tenant: str, epoch: int | None = None
+    ) -> list[CompactionRecord]:
+        """The conversation's compactions in epoch order (``epoch``: only that one).
+
+        Raises:
+            ConversationNotFound: missing or another tenant's.
+        """
+        ...
+
+    def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        """A page of the record, in seq order: the steps with ``after_seq < seq < before_seq``
+        (a keyset read: only the page is read). With ``limit``, at most that many: the last
+        ones before ``before_seq`` when it is given (scrolling back), else the first ones
+        after ``after_seq``. Pages need not start at a turn boundary.
+
+        Raises:
+            ConversationNotFound: missing or another tenant's.
+            ValidationError: a negative seq or a limit below 1.
+        """
         ...
 
     # ---------------------------------------------------------------- turns in flight

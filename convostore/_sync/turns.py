@@ -16,6 +16,7 @@ import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._core import context as _context
 from .._core import lifecycle, planner
 from .._core.continuation import continuation_body
 from .._exceptions import (
@@ -37,6 +38,7 @@ from ..models import (
     InteractionCreatedEvent,
     JSONObject,
     PendingTurnRecord,
+    Reason,
     Turn,
     TurnCommit,
     utcnow,
@@ -177,6 +179,8 @@ class TurnDriver:
             )
             body = self.conv._body(machine.record, decision, machine.pending.input_steps)
             return False, machine.replanned(decision, body)
+        if isinstance(effect, lifecycle.Compact):
+            return False, self.compact(machine, effect.error)
         if isinstance(effect, lifecycle.Record):
             adopted = self.record(machine, effect.pending)
             if adopted is not None:
@@ -190,6 +194,27 @@ class TurnDriver:
                 raise effect.error
             return True, None
         raise lifecycle.LifecycleError(f"no driver for {effect!r}")  # pragma: no cover
+
+    def compact(self, machine: lifecycle.TurnLifecycle, error: Exception) -> lifecycle.Effect:
+        """The request was refused as too large: compact, then send the view once more."""
+        pending = machine.pending
+        self.store.release_pending(
+            pending.conversation_id, tenant=pending.tenant, idempotency_key=pending.idempotency_key
+        )
+        policy = self.conv.compaction or _context.REACTIVE_ONLY
+        record = self.conv.refresh()
+        logger.warning(
+            "conversation %s: the request was refused as too large; compacting", record.id
+        )
+        compacted = self.conv._compact(record, policy, "too_large")
+        if compacted is None:  # a single turn too large: nothing the view can leave out
+            raise error
+        planned = planner.decide(compacted, policy=self.owner.policy, now=utcnow())
+        decision = planner.Decision(
+            planned.mode_used, Reason.TOO_LARGE, planned.store, planned.previous_interaction_id
+        )
+        body = self.conv._body(compacted, decision, pending.input_steps)
+        return machine.compacted(compacted, decision, body)
 
     def send(
         self, machine: lifecycle.TurnLifecycle, body: dict[str, Any]

@@ -16,6 +16,7 @@ import click
 
 from .._exceptions import ConfigurationError, ConvostoreError, ValidationError
 from . import (  # noqa: F401  (they register commands)
+    _context,
     _data,
     _interactive,
     _recovery,

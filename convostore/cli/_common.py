@@ -248,7 +248,12 @@ def print_transcript(console: Console, bundle: transfer.Bundle) -> None:
     for step in bundle.steps:
         by_turn.setdefault(step.turn_seq, []).append(step.payload)
     styles = {"you": "bold cyan", "model": "bold green", "thought": "dim", "call": "yellow"}
+    markers = {c.last_turn: c for c in bundle.compactions}
     for turn in bundle.turns:
+        if turn.seq - 1 in markers:
+            from ._context import compaction_marker
+
+            console.print(f"[bold magenta]{escape(compaction_marker(markers[turn.seq - 1]))}[/]")
         console.print(
             f"[dim]── turn {turn.seq} · {turn.mode_used} · {turn.reason} · {turn.status} · "
             f"{_tokens(turn.usage)} tokens · {turn.interaction_id or 'no interaction id'}[/]"

@@ -100,11 +100,33 @@ def ls_command(
 @store_option
 @tenant_option
 @json_option
-def show_command(conversation_id: str, store_url: str, tenant: str, as_json: bool) -> int:
-    """Print a conversation's transcript with each turn's mode, reason, status and usage."""
+@click.option(
+    "--context-at",
+    type=click.IntRange(1, None),
+    default=None,
+    metavar="K",
+    help="Print what the model saw at turn K (the compacted view in force, then its input).",
+)
+def show_command(
+    conversation_id: str, store_url: str, tenant: str, as_json: bool, context_at: int | None
+) -> int:
+    """Print a conversation's transcript with each turn's mode, reason, status and usage;
+    a compaction is drawn as a marker after the turns it covers."""
     with _store(store_url) as store:
         record = store.get_conversation(conversation_id, tenant=tenant)
         bundle = transfer.load(store, record)
+    if context_at is not None:
+        from ._context import context_at as seen
+        from ._context import print_context
+
+        if context_at > len(bundle.turns):
+            raise click.BadParameter(f"the conversation has {len(bundle.turns)} turns")
+        steps = seen(bundle, context_at)
+        if as_json:
+            _emit_json(steps)
+        else:
+            print_context(_out(), steps)
+        return 0
     if as_json:
         _emit_json(bundle_json(bundle))
     else:

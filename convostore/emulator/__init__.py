@@ -31,6 +31,10 @@ Long and unfinished turns (the controls are methods of :class:`Emulator`):
   ``previous_interaction_id`` = the hop that issued the token and no ``input``; ``store:
   false``: the original ``input`` again). A wrong or unknown token, a token sent with another
   ``previous_interaction_id`` or with another input: ``400 invalid_request``.
+- A context window (:meth:`Emulator.context_window`, per model): a create whose input —
+  system instruction, chained history and ``input``, counted in words as usage is — is
+  larger is refused with ``400 invalid_request`` ("… exceeds the maximum number of tokens
+  …"), as the service refuses it; nothing is stored.
 - ``interaction.status_update`` events: after ``interaction.created`` (the running status),
   before ``interaction.completed`` when the final status is not ``completed`` /
   ``requires_action`` (with the ``continuation_token`` for ``requires_continuation``), and as

@@ -38,6 +38,31 @@ class TurnControls:
 
     _state: EmulatorState
 
+    # ------------------------------------------------------------------ context window
+
+    def context_window(self, tokens: int | None, *, model: str | None = None) -> None:
+        """Cap the input of one create at ``tokens`` (None removes the cap).
+
+        The input is counted as usage counts it (words): the system instruction, the history
+        chained through ``previous_interaction_id`` and the ``input``. A create over the cap
+        is refused as the service refuses it: ``400 invalid_request``, "… exceeds the maximum
+        number of tokens …"; nothing is stored.
+
+        Args:
+            tokens: the window, or None to remove it.
+            model: the model it applies to; None: every model without a window of its own.
+
+        Raises:
+            ValidationError: ``tokens`` is not a positive integer.
+        """
+        if tokens is not None:
+            _positive("tokens", tokens)
+        with self._state.lock:
+            if tokens is None:
+                self._state.settings.context_windows.pop(model, None)
+            else:
+                self._state.settings.context_windows[model] = tokens
+
     # ------------------------------------------------------------------ decode limit
 
     def decode_limit(self, words: int | None, *, model: str | None = None) -> None:

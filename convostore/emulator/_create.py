@@ -23,7 +23,7 @@ from ._decode import (
     plan_answer,
 )
 from ._lifecycle import Outcome, finish, start_later, truncate_owner
-from ._model import InputError, generate, normalize_input, validate_context
+from ._model import InputError, count_words, generate, normalize_input, validate_context
 from ._responses import EventStream, append_events, interaction_body, opening_events
 from ._state import (
     UNFINISHED_STATUSES,
@@ -211,6 +211,17 @@ def _first_hop(body: dict[str, Any], state: EmulatorState) -> tuple[Hop, list[di
         validate_context(chain, steps)
     except InputError as exc:
         raise Reject(400, "invalid_request", str(exc)) from exc
+    window = state.settings.context_window(body.get("model"))
+    if window is not None:
+        size = count_words(body.get("system_instruction")) + count_words(chain)
+        size += count_words(steps)
+        if size > window:
+            raise Reject(
+                400,
+                "invalid_request",
+                f"The input token count ({size}) exceeds the maximum number of tokens "
+                f"allowed ({window}).",
+            )
     generation = generate(
         chain,
         steps,

@@ -184,6 +184,8 @@ class EmulatorSettings:
     background_seconds: float = DEFAULT_BACKGROUND_SECONDS
     # model (None: every model) -> most answer words one create may produce
     decode_limits: dict[str | None, int] = field(default_factory=dict)
+    # model (None: every model) -> most input tokens (words) one create may carry
+    context_windows: dict[str | None, int] = field(default_factory=dict)
     checkpoint_every: int | None = None
     webhook_secret: str | None = None
     webhook_uris: list[str] = field(default_factory=list)
@@ -194,6 +196,12 @@ class EmulatorSettings:
         if model in self.decode_limits:
             return self.decode_limits[model]
         return self.decode_limits.get(None)
+
+    def context_window(self, model: str | None) -> int | None:
+        """The context window (in input words) of ``model``, if any."""
+        if model in self.context_windows:
+            return self.context_windows[model]
+        return self.context_windows.get(None)
 
     def copy(self) -> EmulatorSettings:
         """A copy whose mutable fields are not shared."""

@@ -20,6 +20,7 @@ from .. import _encryption as enc
 from .._exceptions import EncryptionError
 from .._sync.encrypted_store import EncryptedStore
 from ..models import (
+    CompactionRecord,
     ConversationRecord,
     OutboxItem,
     Page,
@@ -36,8 +37,8 @@ __all__ = ["ReadOnlyStore"]
 
 class ReadOnlyStore:
     """Reads of a store: ``get_conversation``, ``list_conversations``, ``load_turns``,
-    ``load_steps``, ``get_pending``, ``list_pending``, ``list_outbox`` (as the contract defines
-    them), and ``close``."""
+    ``load_steps``, ``load_compactions``, ``get_pending``, ``list_pending``, ``list_outbox``
+    (as the contract defines them), and ``close``."""
 
     def __init__(self, store: Store) -> None:
         self.__store = store
@@ -54,6 +55,11 @@ class ReadOnlyStore:
 
     def get_conversation(self, conversation_id: str, *, tenant: str) -> ConversationRecord:
         return self.__store.get_conversation(conversation_id, tenant=tenant)
+
+    def load_compactions(
+        self, conversation_id: str, *, tenant: str, epoch: int | None = None
+    ) -> list[CompactionRecord]:
+        return self.__store.load_compactions(conversation_id, tenant=tenant, epoch=epoch)
 
     def load_turns(
         self, conversation_id: str, *, tenant: str, after_seq: int = 0, limit: int | None = None
