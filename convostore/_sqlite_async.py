@@ -32,6 +32,7 @@ from ._sql import STORE_SETTINGS, is_memory_sqlite
 from ._sync.sql_store import SQLStore
 from .models import (
     AppendResult,
+    CompactionRecord,
     ConversationRecord,
     OutboxItem,
     Page,
@@ -183,6 +184,40 @@ class AsyncSQLiteStore:
     ) -> list[ConversationRecord]:
         return await self._run(
             self._sync.purge, now=now, older_than=older_than, tenant=tenant, dry_run=dry_run
+        )
+
+    # ------------------------------------------------------------------ turns in flight
+
+    # ------------------------------------------------------------------ compactions
+
+    async def append_compaction(
+        self, record: ConversationRecord, compaction: CompactionRecord
+    ) -> ConversationRecord:
+        return await self._run(self._sync.append_compaction, record, compaction)
+
+    async def load_compactions(
+        self, conversation_id: str, *, tenant: str, epoch: int | None = None
+    ) -> list[CompactionRecord]:
+        return await self._run(
+            self._sync.load_compactions, conversation_id, tenant=tenant, epoch=epoch
+        )
+
+    async def load_step_range(
+        self,
+        conversation_id: str,
+        *,
+        tenant: str,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredStep]:
+        return await self._run(
+            self._sync.load_step_range,
+            conversation_id,
+            tenant=tenant,
+            after_seq=after_seq,
+            before_seq=before_seq,
+            limit=limit,
         )
 
     # ------------------------------------------------------------------ turns in flight
