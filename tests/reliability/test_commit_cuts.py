@@ -39,7 +39,15 @@ def is_commit(packet: bytes) -> bool:
     """A client packet that is the statement ``COMMIT``: a PostgreSQL simple query
     (``Q``, length, ``COMMIT\\0``) or a MySQL ``COM_QUERY`` (0x03 then ``COMMIT``). Not
     ``… READ COMMITTED``."""
-    return packet.endswith(b"Q\x00\x00\x00\x0bCOMMIT\x00") or (packet[4:] == b"\x03COMMIT")
+    if packet.endswith(b"Q\x00\x00\x00\x0bCOMMIT\x00") or (packet[4:] == b"\x03COMMIT"):
+        return True
+    # PostgreSQL runs the append and the begin as one statement in autocommit: that
+    # statement's Parse message (psycopg's extended protocol; prepared statements are off
+    # through this proxy, so its text is always sent) is where the commit happens
+    return packet[:1] == b"P" and (
+        (b"UPDATE conversations" in packet and b"INSERT INTO turns" in packet)
+        or b"INSERT INTO pending_turns" in packet
+    )
 
 
 class CommitCutter:
@@ -134,7 +142,8 @@ def proxied(
     cutter = CommitCutter(url.host or "127.0.0.1", url.port or default_port)
     through = url.set(host="127.0.0.1", port=cutter.port)
     if request.param == "postgresql":
-        through = through.update_query_dict({"sslmode": "disable"})  # COMMIT stays readable
+        # the statements stay readable: no TLS, no server-side prepared statements
+        through = through.update_query_dict({"sslmode": "disable", "prepare_threshold": "none"})
     cutter.direct_url = make_store_url(request.param)
     yield through.render_as_string(hide_password=False), cutter
     cutter.close()
