@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -31,6 +32,7 @@ from sqlalchemy.exc import (
     ArgumentError,
     DataError,
     DBAPIError,
+    DisconnectionError,
     IntegrityError,
     OperationalError,
     ProgrammingError,
@@ -389,7 +391,8 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["poolclass"] = sa.StaticPool
             options["connect_args"]["check_same_thread"] = False
         return options
-    options = {"pool_pre_ping": True}
+    # no pre-ping (a round trip on every checkout): ``install_liveness_check`` instead
+    options: dict[str, Any] = {"pool_pre_ping": False}
     if backend == "mysql":
         # An append re-reads the idempotency key after a lost version race; under
         # REPEATABLE READ that read would see the transaction's old snapshot.
@@ -399,7 +402,9 @@ def engine_options(url: URL) -> dict[str, Any]:
 
 # Pool settings a SQL store takes as options or in its URL's query (the store strips them
 # from the URL), with SQLAlchemy's QueuePool defaults: pool_size 5, max_overflow 10,
-# pool_timeout 30 s, pool_recycle off; convostore turns pool_pre_ping on. prepare_threshold
+# pool_timeout 30 s, pool_recycle off, pool_pre_ping off (the liveness check of
+# ``install_liveness_check`` runs on every checkout instead; pre-ping adds a round trip to
+# it). prepare_threshold
 # is psycopg's: after that many runs of one query it is prepared on the server, which a
 # transaction-mode pooler (PgBouncer < 1.21, or max_prepared_statements = 0) cannot follow;
 # ``none`` never prepares.
@@ -449,6 +454,49 @@ def _set_wal(cursor: Any, *, patience: float = 30.0) -> None:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
+
+
+def install_liveness_check(engine: Engine | AsyncEngine) -> None:
+    """Check every connection the pool hands out without a round trip (PostgreSQL, MySQL).
+
+    An idle connection that the server closed (a restart, a kill, an idle timeout) has the
+    server's goodbye waiting on it: an error message, or the end of the stream. A sound idle
+    connection has nothing to read. So a readable socket (or a buffered reply, or EOF, for
+    the asyncio driver that reads ahead) raises ``DisconnectionError``, and the pool
+    discards that connection and connects anew, as pre-ping would after a ``SELECT 1`` that
+    costs a round trip on every checkout. What it cannot see, a peer gone without closing
+    (a cable cut), pre-ping would wait for too; ``pool_pre_ping=True`` adds it anyway.
+    """
+    if isinstance(engine, AsyncEngine):
+        engine = engine.sync_engine
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        if not _connection_is_quiet(conn):
+            raise DisconnectionError("the server closed the connection while it was idle")
+
+
+def _connection_is_quiet(conn: Any) -> bool:
+    """False when the server said something to an idle connection, or closed it."""
+    try:
+        reader = getattr(conn, "_reader", None)  # aiomysql: the event loop may have read it
+        pgconn = getattr(conn, "pgconn", None)  # psycopg, both flavours
+        if reader is not None:
+            if reader.at_eof() or reader._buffer:
+                return False
+            fd = conn._writer.transport.get_extra_info("socket").fileno()
+        elif pgconn is not None:
+            fd = pgconn.socket  # raises on a closed connection
+        else:
+            sock = getattr(conn, "_sock", None)  # pymysql
+            if sock is None:
+                return False
+            fd = sock.fileno()
+        readable, _, _ = select.select([fd], [], [], 0)
+    except Exception:  # a closed connection, or a socket gone: connect anew
+        return False
+    return not readable
 
 
 def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:

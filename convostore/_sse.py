@@ -95,6 +95,16 @@ class SSEDecoder:
             text = text.removeprefix("\n")
         searched = len(self._buffer)
         text = self._buffer + text
+        if "\r" not in text:
+            # the usual framing (\n only): split at once rather than match line by line
+            lines = text.split("\n")
+            self._buffer = lines.pop()
+            for line in lines:
+                self._line(line, events)
+                if self.done:
+                    self._buffer = ""
+                    return events
+            return events
         start = 0
         for match in _LINE_END.finditer(text, searched):
             if match.group() == "\r" and match.end() == len(text) and not final:
@@ -110,6 +120,9 @@ class SSEDecoder:
     def _line(self, line: str, events: list[ServerSentEvent]) -> None:
         if not line:
             self._dispatch(events)
+            return
+        if line.startswith("data: "):
+            self._data.append(line[6:])
             return
         if line.startswith(":"):
             return

@@ -119,7 +119,7 @@ def test_pool_settings_reach_the_engine(via: str, postgres_url: str) -> None:
     from convostore._migrate import upgrade
 
     upgrade(postgres_url)
-    settings = {"pool_size": 2, "max_overflow": 1, "pool_timeout": 7, "pool_pre_ping": False}
+    settings = {"pool_size": 2, "max_overflow": 1, "pool_timeout": 7, "pool_pre_ping": True}
     if via == "url":
         query = "&".join(f"{k}={str(v).lower()}" for k, v in settings.items())
         store = cs.open_store(f"{postgres_url}?{query}&prepare_threshold=none")
@@ -132,7 +132,7 @@ def test_pool_settings_reach_the_engine(via: str, postgres_url: str) -> None:
             "size": 2,
             "overflow": 1,
             "timeout": 7,
-            "pre_ping": False,
+            "pre_ping": True,
         }
         with store._engine.connect() as conn:  # type: ignore[union-attr]
             assert conn.connection.dbapi_connection.prepare_threshold is None
@@ -149,7 +149,7 @@ def test_defaults_are_the_documented_ones(postgres_url: str) -> None:
             "size": 5,
             "overflow": 10,
             "timeout": 30,
-            "pre_ping": True,
+            "pre_ping": False,  # the liveness check runs instead (_sql.install_liveness_check)
         }
     assert asyncio.run(_async_defaults(postgres_url)) == (5, 10)
 

@@ -147,10 +147,15 @@ class AsyncInteractionsClient(BaseInteractionsClient):
         """
         return self._stream_checked(check_create_body(body))
 
-    def _stream_checked(self, body: Mapping[str, Any]) -> AsyncInteractionStream:
-        """``stream`` for a body known to pass ``check_create_body`` (see ``_create_checked``)."""
+    def _stream_checked(
+        self, body: Mapping[str, Any], *, raw: bool = False
+    ) -> AsyncInteractionStream:
+        """``stream`` for a body known to pass ``check_create_body`` (see ``_create_checked``);
+        ``raw``: events come as ``data`` dicts, not parsed (for a driver that shows none)."""
         checked = {**body, "stream": True}
-        return AsyncInteractionStream(self, "POST", self._url(), body=checked, idempotent=False)
+        return AsyncInteractionStream(
+            self, "POST", self._url(), body=checked, idempotent=False, raw=raw
+        )
 
     @overload
     async def get(
@@ -313,8 +318,9 @@ class AsyncInteractionStream(BaseInteractionStream):
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         idempotent: bool,
+        raw: bool = False,
     ) -> None:
-        super().__init__(resume_from=None if body is None else request_checkpoint(body))
+        super().__init__(resume_from=None if body is None else request_checkpoint(body), raw=raw)
         self._client = client
         self._request = (method, url, body, params, idempotent)
         self._response: httpx.Response | None = None

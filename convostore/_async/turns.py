@@ -33,7 +33,6 @@ from .._exceptions import (
 from ..models import (
     LOST_STATUS,
     AppendResult,
-    InteractionCreatedEvent,
     JSONObject,
     PendingTurnRecord,
     Reason,
@@ -111,7 +110,7 @@ class AsyncTurnDriver:
                 # received as a stream, so the interaction id is recorded as soon as the
                 # server names it: a worker killed while the answer is generated leaves an
                 # answer another worker can adopt, not an orphan nobody knows about
-                api, body = await self.open_stream(machine, effect.body)
+                api, body = await self.open_stream(machine, effect.body, raw=True)
                 try:
                     async for _ in self.events(machine, api, body):
                         pass
@@ -254,12 +253,13 @@ class AsyncTurnDriver:
         return effect
 
     async def open_stream(
-        self, machine: lifecycle.TurnLifecycle, body: JSONObject
+        self, machine: lifecycle.TurnLifecycle, body: JSONObject, *, raw: bool = False
     ) -> tuple[Any, JSONObject]:
         """Open a request's stream; an error before it opens goes to the machine (a broken
-        chain is re-planned and that request opened instead)."""
+        chain is re-planned and that request opened instead). ``raw``: nobody sees its
+        events, so they are not parsed into models."""
         while True:
-            api = self.client._stream_checked(body)
+            api = self.client._stream_checked(body, raw=raw)
             try:
                 await api.__aenter__()
             except APIError as exc:
@@ -287,7 +287,7 @@ class AsyncTurnDriver:
                     if send is None:
                         return
                     await api.aclose()
-                    api, body = await self.open_stream(machine, send.body)
+                    api, body = await self.open_stream(machine, send.body, raw=api._raw)
                     continue
                 except StreamError:
                     resumes += 1
@@ -296,13 +296,10 @@ class AsyncTurnDriver:
                         raise
                     machine.resumed(api.partial_interaction)
                     await api.aclose()
-                    api, body = await self.open_stream(machine, resume)
+                    api, body = await self.open_stream(machine, resume, raw=api._raw)
                     continue
-                named = (
-                    event.interaction.id
-                    if isinstance(event, InteractionCreatedEvent) and machine.pending.store
-                    else None
-                )
+                # the hop's id, as soon as the server names it (interaction.created)
+                named = api.interaction_id if machine.pending.store else None
                 pending = None
                 if named and named not in machine.pending.hop_ids:
                     pending = machine.started(named, now=utcnow(), lease=self.owner.lease)

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .._exceptions import ValidationError
-from ..models import Interaction, JSONObject, to_wire
+from ..models import Interaction, JSONObject, Usage, to_wire
 
 __all__ = [
     "MAX_STREAM_RECONNECTS_WITHOUT_PROGRESS",
@@ -180,6 +180,10 @@ def merge_hops(hops: Sequence[Interaction | Mapping[str, Any]]) -> Interaction:
     if not hops:
         raise ValidationError("merge_hops needs at least one hop")
     final = hops[-1]
+    if len(hops) == 1 and isinstance(final, Interaction):
+        single = _single_hop(final)
+        if single is not None:
+            return single
     final_raw = _hop_raw(final)
     if not isinstance(final_raw.get("steps"), list):
         return final if isinstance(final, Interaction) else Interaction.from_raw(final_raw)
@@ -214,6 +218,26 @@ def merge_hops(hops: Sequence[Interaction | Mapping[str, Any]]) -> Interaction:
     merged.pop("continuation_ids", None)  # SDK-only; kept on hop_ids instead
     result = Interaction.from_raw(merged)
     result._hop_ids = _merge_ids(hops)
+    return result
+
+
+def _single_hop(hop: Interaction) -> Interaction | None:
+    """What merging this one hop alone builds, without copying its steps: the hop itself, or
+    a copy with its usage as merging leaves it (``initial_input_tokens`` set, nulls left
+    out); None when merging must run (SDK-only ``continuation_ids``, no ``steps`` list)."""
+    raw = hop.raw
+    if "continuation_ids" in raw or hop._hop_ids is not None:
+        return None
+    if not isinstance(raw.get("steps"), list):
+        return None
+    usage = raw.get("usage")
+    if not isinstance(usage, Mapping):
+        return hop if usage is None else None
+    merged = merge_usages([usage], first_hop_usage=usage)
+    if merged == usage:
+        return hop
+    result = hop.model_copy(update={"usage": Usage.model_validate(merged)})
+    result._raw = {**raw, "usage": merged}
     return result
 
 

@@ -67,14 +67,19 @@ class StreamAccumulator:
     """Feed it every event of one stream with :meth:`add`; read the result at the end.
 
     Events may be given as parsed models (``convostore.models.parse_event``) or as the raw
-    ``data`` dicts. Payloads are copied, never mutated.
+    ``data`` dicts. Payloads are copied, never mutated, unless ``owned``.
 
     Args:
         resume_from: the checkpoint the request itself resumes from (its
             ``continuation_token``), so a cut before the stream's first checkpoint can retry it.
+        owned: the event dicts given to :meth:`add` belong to the accumulator (nobody else
+            holds them: freshly decoded and never shown), so it keeps and extends them
+            instead of copying; what it returns is still its own copy.
     """
 
-    def __init__(self, *, resume_from: Checkpoint | None = None) -> None:
+    def __init__(self, *, resume_from: Checkpoint | None = None, owned: bool = False) -> None:
+        self._owned = owned
+        self._assembled: Interaction | None = None
         self._interaction: JSONObject = {}
         self._steps: dict[int, JSONObject] = {}
         self._arguments: dict[int, str] = {}
@@ -97,9 +102,14 @@ class StreamAccumulator:
         Raises:
             StreamError: an ``arguments_delta`` stream that does not parse as a JSON object.
         """
-        data = to_wire(event) if isinstance(event, BaseModel) else dict(event)
-        self._observe(data)
+        data = to_wire(event) if isinstance(event, BaseModel) else event
         kind = data.get("event_type")
+        if kind in _STEP_EVENTS and _PLAIN_STEP_EVENT.isdisjoint(data):
+            # the bulk of a stream: output, and nothing that names a hop, a status or a token
+            self._content_since_checkpoint = True
+        else:
+            self._observe(data)
+        copy_ = _keep if self._owned else copy.deepcopy
         if kind in ("interaction.created", "interaction.completed"):
             snapshot = data.get("interaction")
             self._merge_interaction(snapshot)
@@ -119,11 +129,11 @@ class StreamAccumulator:
         elif kind == "step.start":
             index = _index(data)
             step = data.get("step")
-            self._steps[index] = copy.deepcopy(dict(step)) if isinstance(step, Mapping) else {}
+            self._steps[index] = copy_(dict(step)) if isinstance(step, Mapping) else {}
         elif kind == "step.delta":
             delta = data.get("delta")
             if isinstance(delta, Mapping):
-                self._apply_delta(_index(data), copy.deepcopy(dict(delta)))
+                self._apply_delta(_index(data), copy_(dict(delta)))
         elif kind == "step.stop":
             self._finish(_index(data))
         elif kind == "error":
@@ -201,6 +211,9 @@ class StreamAccumulator:
 
     def raw_interaction(self) -> JSONObject:
         """The interaction as a wire dict: the fields of the interaction events plus ``steps``."""
+        if self.completed and self._owned and self._final_steps is not None:
+            # nothing changes it any more: the completed snapshot, as it arrived
+            return {**self._interaction, "steps": list(self._final_steps)}
         raw = copy.deepcopy(self._interaction)
         raw.setdefault("status", "in_progress")
         if not self.completed and raw["status"] in TERMINAL_OK:
@@ -210,20 +223,27 @@ class StreamAccumulator:
         return raw
 
     def interaction(self) -> Interaction:
-        """The assembled :class:`~convostore.models.Interaction` (raw steps)."""
-        return Interaction.from_raw(self.raw_interaction())
+        """The assembled :class:`~convostore.models.Interaction` (raw steps); once complete,
+        built once."""
+        if self._assembled is not None:
+            return self._assembled
+        interaction = Interaction.from_raw(self.raw_interaction())
+        if self.completed:
+            self._assembled = interaction
+        return interaction
 
     # ------------------------------------------------------------------ rules
 
     def _merge_interaction(self, payload: object) -> None:
         if not isinstance(payload, Mapping):
             return
+        copy_ = _keep if self._owned else copy.deepcopy
         for key, value in payload.items():
             if key == "steps":
                 if isinstance(value, list):
-                    self._final_steps = copy.deepcopy(value)
+                    self._final_steps = copy_(value)
             elif value is not None:
-                self._interaction[key] = copy.deepcopy(value)
+                self._interaction[key] = copy_(value)
 
     def _step(self, index: int, delta_type: str) -> JSONObject:
         step = self._steps.get(index)
@@ -291,6 +311,15 @@ class StreamAccumulator:
             self._finish(index)
 
 
+_STEP_EVENTS = frozenset({"step.start", "step.delta", "step.stop"})
+# keys that would make a step event more than output (see ``_observe``)
+_PLAIN_STEP_EVENT = frozenset({"interaction_id", "interaction", "status", "continuation_token"})
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
 def _index(data: Mapping[str, Any]) -> int:
     index = data.get("index", 0)
     return index if isinstance(index, int) and not isinstance(index, bool) else 0
@@ -314,9 +343,10 @@ class BaseInteractionStream:
     and :attr:`can_resume`, plus :attr:`partial_interaction` for what arrived so far.
     """
 
-    def __init__(self, *, resume_from: Checkpoint | None = None) -> None:
+    def __init__(self, *, resume_from: Checkpoint | None = None, raw: bool = False) -> None:
+        self._raw = raw
         self._decoder = SSEDecoder()
-        self._accumulator = StreamAccumulator(resume_from=resume_from)
+        self._accumulator = StreamAccumulator(resume_from=resume_from, owned=raw)
         self._pending: list[ServerSentEvent] = []
         self._eof = False
         self._finished = False
@@ -386,7 +416,8 @@ class BaseInteractionStream:
         self._eof = True
 
     def _next_event(self) -> Any:
-        """Parse the next pending event (raises StreamError on an ``error`` event)."""
+        """Parse the next pending event (raises StreamError on an ``error`` event); a ``raw``
+        stream (a driver's own, whose events nobody sees) returns the ``data`` dict."""
         sse = self._pending.pop(0)
         try:
             data = json.loads(sse.data)
@@ -394,7 +425,7 @@ class BaseInteractionStream:
             raise StreamError("malformed event: data is not JSON") from exc
         if not isinstance(data, dict):
             raise StreamError("malformed event: data is not a JSON object")
-        event = parse_event(data)
+        event = data if self._raw else parse_event(data)
         event_id = data.get("event_id")
         self.last_event_id = event_id if isinstance(event_id, str) else sse.id or self.last_event_id
         self._accumulator.add(data)

@@ -149,10 +149,15 @@ class InteractionsClient(BaseInteractionsClient):
         """
         return self._stream_checked(check_create_body(body))
 
-    def _stream_checked(self, body: Mapping[str, Any]) -> InteractionStream:
-        """``stream`` for a body known to pass ``check_create_body`` (see ``_create_checked``)."""
+    def _stream_checked(
+        self, body: Mapping[str, Any], *, raw: bool = False
+    ) -> InteractionStream:
+        """``stream`` for a body known to pass ``check_create_body`` (see ``_create_checked``);
+        ``raw``: events come as ``data`` dicts, not parsed (for a driver that shows none)."""
         checked = {**body, "stream": True}
-        return InteractionStream(self, "POST", self._url(), body=checked, idempotent=False)
+        return InteractionStream(
+            self, "POST", self._url(), body=checked, idempotent=False, raw=raw
+        )
 
     @overload
     def get(
@@ -315,8 +320,9 @@ class InteractionStream(BaseInteractionStream):
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         idempotent: bool,
+        raw: bool = False,
     ) -> None:
-        super().__init__(resume_from=None if body is None else request_checkpoint(body))
+        super().__init__(resume_from=None if body is None else request_checkpoint(body), raw=raw)
         self._client = client
         self._request = (method, url, body, params, idempotent)
         self._response: httpx.Response | None = None

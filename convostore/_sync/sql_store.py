@@ -58,6 +58,7 @@ from .._sql import (
     decode_conversation,
     decode_steps,
     decode_turn,
+    install_liveness_check,
     install_sqlite_hooks,
     normalize_url,
     pending_turns,
@@ -136,7 +137,7 @@ class SQLStore(SQLPending, SQLCompaction):
                 (any ``+driver`` is replaced by the one this flavour uses).
             **options: ``echo`` (log SQL), the pool settings ``pool_size`` (default 5),
                 ``max_overflow`` (10), ``pool_timeout`` (30 s), ``pool_recycle`` (off),
-                ``pool_pre_ping`` (on), and on PostgreSQL ``prepare_threshold`` (psycopg's;
+                ``pool_pre_ping`` (off: a check without a round trip runs instead), and on PostgreSQL ``prepare_threshold`` (psycopg's;
                 ``None`` for a transaction-mode PgBouncer older than 1.21), each also
                 accepted in the URL's query (``?pool_size=10``); ``engine_options`` (extra
                 keyword arguments for SQLAlchemy's engine).
@@ -167,6 +168,8 @@ class SQLStore(SQLPending, SQLCompaction):
                         self._engine = create_engine(self._sa_url, **self._options)
                         if self._dialect == "sqlite":
                             install_sqlite_hooks(self._engine)
+                        else:
+                            install_liveness_check(self._engine)
                         self._writer = self._engine.execution_options(convostore_write=True)
                         self._reader = self._engine
                         if self._dialect == "sqlite":

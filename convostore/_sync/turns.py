@@ -35,7 +35,6 @@ from .._exceptions import (
 from ..models import (
     LOST_STATUS,
     AppendResult,
-    InteractionCreatedEvent,
     JSONObject,
     PendingTurnRecord,
     Reason,
@@ -113,7 +112,7 @@ class TurnDriver:
                 # received as a stream, so the interaction id is recorded as soon as the
                 # server names it: a worker killed while the answer is generated leaves an
                 # answer another worker can adopt, not an orphan nobody knows about
-                api, body = self.open_stream(machine, effect.body)
+                api, body = self.open_stream(machine, effect.body, raw=True)
                 try:
                     for _ in self.events(machine, api, body):
                         pass
@@ -256,12 +255,13 @@ class TurnDriver:
         return effect
 
     def open_stream(
-        self, machine: lifecycle.TurnLifecycle, body: JSONObject
+        self, machine: lifecycle.TurnLifecycle, body: JSONObject, *, raw: bool = False
     ) -> tuple[Any, JSONObject]:
         """Open a request's stream; an error before it opens goes to the machine (a broken
-        chain is re-planned and that request opened instead)."""
+        chain is re-planned and that request opened instead). ``raw``: nobody sees its
+        events, so they are not parsed into models."""
         while True:
-            api = self.client._stream_checked(body)
+            api = self.client._stream_checked(body, raw=raw)
             try:
                 api.__enter__()
             except APIError as exc:
@@ -289,7 +289,7 @@ class TurnDriver:
                     if send is None:
                         return
                     api.close()
-                    api, body = self.open_stream(machine, send.body)
+                    api, body = self.open_stream(machine, send.body, raw=api._raw)
                     continue
                 except StreamError:
                     resumes += 1
@@ -298,13 +298,10 @@ class TurnDriver:
                         raise
                     machine.resumed(api.partial_interaction)
                     api.close()
-                    api, body = self.open_stream(machine, resume)
+                    api, body = self.open_stream(machine, resume, raw=api._raw)
                     continue
-                named = (
-                    event.interaction.id
-                    if isinstance(event, InteractionCreatedEvent) and machine.pending.store
-                    else None
-                )
+                # the hop's id, as soon as the server names it (interaction.created)
+                named = api.interaction_id if machine.pending.store else None
                 pending = None
                 if named and named not in machine.pending.hop_ids:
                     pending = machine.started(named, now=utcnow(), lease=self.owner.lease)
