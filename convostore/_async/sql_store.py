@@ -135,8 +135,9 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
                 (any ``+driver`` is replaced by the one this flavour uses).
             **options: ``echo`` (log SQL), the pool settings ``pool_size`` (default 5),
                 ``max_overflow`` (10), ``pool_timeout`` (30 s), ``pool_recycle`` (off),
-                ``pool_pre_ping`` (off: a check without a round trip runs instead), and on PostgreSQL ``prepare_threshold`` (psycopg's;
-                ``None`` for a transaction-mode PgBouncer older than 1.21), each also
+                ``pool_pre_ping`` (off: a check without a round trip runs instead), and on
+                PostgreSQL ``prepare_threshold`` (psycopg's; ``None`` for a
+                transaction-mode PgBouncer older than 1.21), each also
                 accepted in the URL's query (``?pool_size=10``); ``engine_options`` (extra
                 keyword arguments for SQLAlchemy's engine).
 
