@@ -392,7 +392,7 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["connect_args"]["check_same_thread"] = False
         return options
     # no pre-ping (a round trip on every checkout): ``install_liveness_check`` instead
-    options: dict[str, Any] = {"pool_pre_ping": False}
+    options = {"pool_pre_ping": False}
     if backend == "mysql":
         # An append re-reads the idempotency key after a lost version race; under
         # REPEATABLE READ that read would see the transaction's old snapshot.
