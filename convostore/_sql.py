@@ -1057,47 +1057,67 @@ class AppendStatements:
         self, conn: sa.Connection, params: AppendParams, *, begin: str | None = None
     ) -> bool:
         """Run the statements on one driver cursor of ``conn``; False if the version
-        check missed (nothing written then).
+        check missed (nothing written then). See :func:`on_driver_cursor`."""
 
-        Used on SQLite, where the statements take microseconds and going through the
-        Connection for each cost more. Without ``begin`` they run in ``conn``'s open
-        transaction; with it, in a transaction of their own, begun with that statement and
-        committed (rolled back on a miss or an error). Driver errors are wrapped as the
-        Connection would wrap them (there are no disconnects to detect on SQLite).
-        """
-        error = conn.dialect.loaded_dbapi.Error
-        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        statement: str | None = begin
-        values: Any = None
-        began = False
-        try:
-            if begin is not None:
-                cursor.execute(begin)
-                began = True
-            statement, values = self.update.sql, params.update
-            cursor.execute(statement, values)
-            if cursor.rowcount != 1:
+        def write(cursor: Any, run: Callable[[str, Any], Any]) -> bool:
+            if run(self.update.sql, params.update).rowcount != 1:
                 return False
-            statement, values = self.turn.sql, params.turn
-            cursor.execute(statement, values)
+            run(self.turn.sql, params.turn)
             if params.steps:
-                statement, values = self.steps.sql, params.steps
-                cursor.executemany(statement, values)
+                run(self.steps.sql, params.steps)
             if params.pending is not None:
-                statement, values = self.pending.sql, params.pending
-                cursor.execute(statement, values)
-            if began:
-                statement, values = "COMMIT", None
-                cursor.execute(statement)
-                began = False
-        except error as exc:
-            raise DBAPIError.instance(statement, values, exc, error) from exc
-        finally:
-            if began:  # a miss or an error: the pool's reset would roll back too, later
-                with suppress(error):
-                    cursor.execute("ROLLBACK")
-            cursor.close()
-        return True
+                run(self.pending.sql, params.pending)
+            return True
+
+        return bool(on_driver_cursor(conn, write, begin=begin))
+
+
+def on_driver_cursor(
+    conn: sa.Connection,
+    work: Callable[[Any, Callable[[str, Any], Any]], Any],
+    *,
+    begin: str | None = None,
+) -> Any:
+    """``work(cursor, run)`` on one driver cursor of ``conn``; ``run(sql, params)`` executes
+    (``executemany`` for a list of parameter sets) and returns the cursor.
+
+    Used on SQLite, where a statement takes microseconds and going through the Connection
+    for each cost more. Without ``begin`` the statements run in ``conn``'s open transaction;
+    with it, in a transaction of their own, begun with that statement and committed when
+    ``work`` returns a true value (rolled back when it returns a false one, or raises).
+    Driver errors are wrapped as the Connection would wrap them (there are no disconnects
+    to detect on SQLite).
+    """
+    error = conn.dialect.loaded_dbapi.Error
+    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    last: list[Any] = [begin, None]
+
+    def run(statement: str, values: Any) -> Any:
+        last[:] = [statement, values]
+        if isinstance(values, list):
+            cursor.executemany(statement, values)
+        else:
+            cursor.execute(statement, values)
+        return cursor
+
+    began = False
+    try:
+        if begin is not None:
+            cursor.execute(begin)
+            began = True
+        result = work(cursor, run)
+        if began and result:
+            last[:] = ["COMMIT", None]
+            cursor.execute("COMMIT")
+            began = False
+        return result
+    except error as exc:
+        raise DBAPIError.instance(last[0], last[1], exc, error) from exc
+    finally:
+        if began:  # a miss or an error: the pool's reset would roll back too, later
+            with suppress(error):
+                cursor.execute("ROLLBACK")
+        cursor.close()
 
 
 class OneStatementAppend:

@@ -297,7 +297,9 @@ def _kill_connections(url: str) -> int:
         if engine.dialect.name == "postgresql":
             killed = conn.execute(
                 sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    # the timeout waits until the backend is gone (a connection killed
+                    # while it sat in the pool, not one killed under the next statement)
+                    "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             ).scalar_one()

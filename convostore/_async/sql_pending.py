@@ -26,9 +26,11 @@ from .._sql import (
     SELECT_PENDING,
     UPDATE_OUTBOX,
     UPDATE_PENDING,
+    DriverStatement,
     begin_params,
     decode_outbox_row,
     decode_pending_row,
+    on_driver_cursor,
     outbox,
     outbox_row,
     pending_turns,
@@ -42,6 +44,8 @@ class AsyncSQLPending:
     """Turns in flight and the outbox (see the module docstring)."""
 
     url: str
+    _dialect: str
+    _driver_sql: dict[int, DriverStatement]
 
     async def _engines(self) -> tuple[AsyncEngine, AsyncEngine]:
         raise NotImplementedError  # the store's
@@ -57,15 +61,39 @@ class AsyncSQLPending:
     ) -> ConversationRecord:
         raise NotImplementedError  # the store's
 
+    async def _write_one(self, writer: AsyncEngine, statement: Any, params: dict[str, Any]) -> int:
+        """One write statement; its row count. On SQLite it runs on the driver's cursor in a
+        ``BEGIN IMMEDIATE`` transaction of its own (SQLAlchemy's bookkeeping costs more than
+        the statement there); elsewhere as ``_one_statement`` says."""
+        if self._dialect != "sqlite":
+            async with self._one_statement(writer) as conn:
+                return int((await conn.execute(statement, params)).rowcount)
+        async with writer.connect() as conn:
+            driver = self._driver_sql.get(id(statement))
+            if driver is None:
+                driver = self._driver_sql[id(statement)] = DriverStatement(statement, conn.dialect)
+            values = driver.params(params)
+
+            def write(sync_conn: sa.Connection) -> int:
+                return int(
+                    on_driver_cursor(
+                        sync_conn,
+                        lambda _cursor, run: run(driver.sql, values).rowcount,
+                        begin="BEGIN IMMEDIATE",
+                    )
+                )
+
+            return await conn.run_sync(write)
+
     async def begin_turn(self, pending: PendingTurnRecord) -> None:
         rules.check_pending(pending)
         _, writer = await self._engines()
         cid, tenant = pending.conversation_id, pending.tenant
         with translate_errors(self.url):
             try:
-                async with self._one_statement(writer) as conn:
-                    if (await conn.execute(BEGIN_PENDING, begin_params(pending))).rowcount == 1:
-                        return
+                if await self._write_one(writer, BEGIN_PENDING, begin_params(pending)) == 1:
+                    return
+                async with (await self._reads()).connect() as conn:
                     # nothing written: say why, in the contract's order of precedence
                     stored = await self._pending(conn, cid, tenant)
                     if stored is not None:
@@ -100,9 +128,8 @@ class AsyncSQLPending:
         rules.check_owner(owner)
         _, writer = await self._engines()
         with translate_errors(self.url):
-            async with self._one_statement(writer) as conn:
-                updated = await conn.execute(UPDATE_PENDING, progress_params(pending, owner))
-        if updated.rowcount != 1:
+            updated = await self._write_one(writer, UPDATE_PENDING, progress_params(pending, owner))
+        if updated != 1:
             raise LeaseLost(pending.conversation_id, idempotency_key=pending.idempotency_key)
 
     async def claim_pending(

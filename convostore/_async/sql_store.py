@@ -122,6 +122,7 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
         self._step_insert = step_insert(self._dialect)
         self._step_select = step_select(self._dialect)
         self._step_reads: dict[tuple[bool, bool, bool], DriverStatement] = {}
+        self._driver_sql: dict[int, DriverStatement] = {}
         self._append_sql: AppendStatements | None = None
         self._one_append: OneStatementAppend | None = None
         self._autocommit: AsyncEngine | None = None
@@ -298,15 +299,14 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
         _, writer = await self._engines()
         with translate_errors(self.url):
             try:
-                if key is None and self._dialect == "sqlite":
+                # a used key is not looked up first: it means a moved version (the update
+                # misses) or a taken (conversation, key) (the insert fails), and is looked up
+                # then; the turn every send commits saves that read
+                if self._dialect == "sqlite":
                     return await self._append_on_driver(writer, commit)
                 if self._autocommit is not None:
                     return await self._append_in_one_statement(self._autocommit, commit)
                 async with writer.begin() as conn:
-                    if key is not None:
-                        stored = await self._turn_by_key(conn, record.id, record.tenant, key)
-                        if stored is not None:
-                            return await self._replayed(conn, stored, key)
                     sql = self._statements(conn)
                     params = sql.params(commit)
                     if not await self._write_turn(conn, sql, params):
@@ -337,9 +337,10 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
         return self._append_sql
 
     async def _append_on_driver(self, writer: AsyncEngine, commit: TurnCommit) -> AppendResult:
-        """An append without an idempotency key on SQLite, in a transaction of the driver's
-        own (``BEGIN IMMEDIATE`` … ``COMMIT`` on one cursor): SQLAlchemy's transaction
-        bookkeeping cost more than the statements. Errors as ``append_turn`` raises them."""
+        """An append on SQLite, in a transaction of the driver's own (``BEGIN IMMEDIATE`` …
+        ``COMMIT`` on one cursor): SQLAlchemy's transaction bookkeeping cost more than the
+        statements. Errors as ``append_turn`` raises them."""
+        record, key = commit.record, commit.turn.idempotency_key
         async with writer.connect() as conn:
             sql = self._statements(conn)
             params = sql.params(commit)
@@ -349,7 +350,12 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
 
             if await conn.run_sync(write):
                 return AppendResult(turn=commit.turn, created=True)
-            raise await self._stale(conn, commit.record)
+        async with writer.begin() as conn:
+            if key is not None:  # a writer with the same key may have won
+                stored = await self._turn_by_key(conn, record.id, record.tenant, key)
+                if stored is not None:
+                    return await self._replayed(conn, stored, key)
+            raise await self._stale(conn, record)
 
     async def _append_in_one_statement(
         self, engine: AsyncEngine, commit: TurnCommit
@@ -377,14 +383,8 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
     async def _write_turn(
         self, conn: AsyncConnection, sql: AppendStatements, params: AppendParams
     ) -> bool:
-        """The append's writes in the open transaction; False if the version check missed
-        (nothing written then)."""
-        if self._dialect == "sqlite":
-
-            def write(sync_conn: sa.Connection) -> bool:
-                return sql.write_on_cursor(sync_conn, params)
-
-            return await conn.run_sync(write)
+        """The append's writes in the open transaction (MySQL/MariaDB); False if the version
+        check missed (nothing written then)."""
         updated = await conn.exec_driver_sql(sql.update.sql, params.update)
         if updated.rowcount != 1:
             return False

@@ -124,6 +124,7 @@ class SQLStore(SQLPending, SQLCompaction):
         self._step_insert = step_insert(self._dialect)
         self._step_select = step_select(self._dialect)
         self._step_reads: dict[tuple[bool, bool, bool], DriverStatement] = {}
+        self._driver_sql: dict[int, DriverStatement] = {}
         self._append_sql: AppendStatements | None = None
         self._one_append: OneStatementAppend | None = None
         self._autocommit: Engine | None = None
@@ -300,15 +301,14 @@ class SQLStore(SQLPending, SQLCompaction):
         _, writer = self._engines()
         with translate_errors(self.url):
             try:
-                if key is None and self._dialect == "sqlite":
+                # a used key is not looked up first: it means a moved version (the update
+                # misses) or a taken (conversation, key) (the insert fails), and is looked up
+                # then; the turn every send commits saves that read
+                if self._dialect == "sqlite":
                     return self._append_on_driver(writer, commit)
                 if self._autocommit is not None:
                     return self._append_in_one_statement(self._autocommit, commit)
                 with writer.begin() as conn:
-                    if key is not None:
-                        stored = self._turn_by_key(conn, record.id, record.tenant, key)
-                        if stored is not None:
-                            return self._replayed(conn, stored, key)
                     sql = self._statements(conn)
                     params = sql.params(commit)
                     if not self._write_turn(conn, sql, params):
@@ -339,9 +339,10 @@ class SQLStore(SQLPending, SQLCompaction):
         return self._append_sql
 
     def _append_on_driver(self, writer: Engine, commit: TurnCommit) -> AppendResult:
-        """An append without an idempotency key on SQLite, in a transaction of the driver's
-        own (``BEGIN IMMEDIATE`` … ``COMMIT`` on one cursor): SQLAlchemy's transaction
-        bookkeeping cost more than the statements. Errors as ``append_turn`` raises them."""
+        """An append on SQLite, in a transaction of the driver's own (``BEGIN IMMEDIATE`` …
+        ``COMMIT`` on one cursor): SQLAlchemy's transaction bookkeeping cost more than the
+        statements. Errors as ``append_turn`` raises them."""
+        record, key = commit.record, commit.turn.idempotency_key
         with writer.connect() as conn:
             sql = self._statements(conn)
             params = sql.params(commit)
@@ -351,7 +352,12 @@ class SQLStore(SQLPending, SQLCompaction):
 
             if write(conn):
                 return AppendResult(turn=commit.turn, created=True)
-            raise self._stale(conn, commit.record)
+        with writer.begin() as conn:
+            if key is not None:  # a writer with the same key may have won
+                stored = self._turn_by_key(conn, record.id, record.tenant, key)
+                if stored is not None:
+                    return self._replayed(conn, stored, key)
+            raise self._stale(conn, record)
 
     def _append_in_one_statement(
         self, engine: Engine, commit: TurnCommit
@@ -379,14 +385,8 @@ class SQLStore(SQLPending, SQLCompaction):
     def _write_turn(
         self, conn: Connection, sql: AppendStatements, params: AppendParams
     ) -> bool:
-        """The append's writes in the open transaction; False if the version check missed
-        (nothing written then)."""
-        if self._dialect == "sqlite":
-
-            def write(sync_conn: sa.Connection) -> bool:
-                return sql.write_on_cursor(sync_conn, params)
-
-            return write(conn)
+        """The append's writes in the open transaction (MySQL/MariaDB); False if the version
+        check missed (nothing written then)."""
         updated = conn.exec_driver_sql(sql.update.sql, params.update)
         if updated.rowcount != 1:
             return False
