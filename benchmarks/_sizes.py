@@ -15,7 +15,7 @@ class Sizes:
     read_repeat: int = 60
     replay_steps: int = 1000
     replay_repeat: int = 40
-    send_turns: int = 30
+    send_turns: int = 100
     many_conversations: int = 1000
     many_turns: int = 10
     concurrency: int = 50

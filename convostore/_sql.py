@@ -20,6 +20,7 @@ import select
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
@@ -499,6 +500,38 @@ def _connection_is_quiet(conn: Any) -> bool:
     return not readable
 
 
+WRITE_WITHOUT_WAITING: ContextVar[bool] = ContextVar(
+    "convostore_write_without_waiting", default=False
+)
+"""Set by the asyncio SQLite store around a write it runs in the event loop's thread: a
+``BEGIN IMMEDIATE`` that would wait for another writer raises :class:`WouldWait` instead."""
+
+
+class WouldWait(Exception):
+    """Internal: under ``WRITE_WITHOUT_WAITING``, the write lock was not free at once. Nothing
+    was written (the transaction did not begin); the operation is re-run where it may wait."""
+
+
+def begin_sqlite(cursor: Any, sql: str, error: type[Exception]) -> None:
+    """Run a SQLite ``BEGIN``; a ``BEGIN IMMEDIATE`` under ``WRITE_WITHOUT_WAITING`` does
+    not wait for the write lock (busy_timeout 0 for that statement): WouldWait if taken."""
+    if sql != "BEGIN IMMEDIATE" or not WRITE_WITHOUT_WAITING.get():
+        cursor.execute(sql)
+        return
+    cursor.execute("PRAGMA busy_timeout = 0")
+    try:
+        cursor.execute(sql)
+    except error as exc:
+        if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+            raise WouldWait(str(exc)) from exc
+        raise
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
 def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
     """Take over SQLite transaction control (SQLAlchemy's documented recipe).
 
@@ -515,7 +548,7 @@ def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
         _set_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
@@ -536,7 +569,7 @@ def install_sqlite_hooks(engine: Engine | AsyncEngine) -> None:
         error = conn.dialect.loaded_dbapi.Error
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(sql)
+            begin_sqlite(cursor, sql, error)
         except error as exc:
             raise DBAPIError.instance(sql, None, exc, error) from exc
         finally:
@@ -1103,7 +1136,7 @@ def on_driver_cursor(
     began = False
     try:
         if begin is not None:
-            cursor.execute(begin)
+            begin_sqlite(cursor, begin, error)
             began = True
         result = work(cursor, run)
         if began and result:

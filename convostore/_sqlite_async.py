@@ -13,8 +13,13 @@ completes (or fails) there, as a statement already sent to a server would.
 Small bounded reads (the record, a turn by key, the turn in flight, the newest N or one turn's
 steps) run in the event loop's own thread once the store is set up: in WAL mode a reader never
 waits for a lock, so such a read takes about as long as the thread hop it saves (tens of
-microseconds). Whole-history reads and every write go to the threads. An in-memory database
-(one connection shared by every caller) keeps everything on its one thread.
+microseconds). So do the writes of a turn (``begin_turn``, ``update_pending``,
+``append_turn``) when the write lock is free at that instant: each is a
+transaction of a few statements that takes about as long as the hop; if another writer holds
+the lock, the ``BEGIN IMMEDIATE`` fails at once without waiting (nothing written) and the
+operation goes to the threads, where it waits for the lock as usual. Whole-history reads and
+every other write go to the threads. An in-memory database (one connection shared by every
+caller) keeps everything on its one thread.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ._exceptions import ConfigurationError, StoreError
-from ._sql import STORE_SETTINGS, is_memory_sqlite
+from ._sql import STORE_SETTINGS, WRITE_WITHOUT_WAITING, WouldWait, is_memory_sqlite
 from ._sync.sql_store import SQLStore
 from .models import (
     AppendResult,
@@ -96,6 +101,19 @@ class AsyncSQLiteStore:
         call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    async def _write(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """A turn's small write: in this thread if the write lock is free now, else on the
+        threads (see the module docstring)."""
+        if self._inline():
+            token = WRITE_WITHOUT_WAITING.set(True)
+            try:
+                return function(*args, **kwargs)
+            except WouldWait:
+                pass  # another writer has the lock: wait for it on a thread
+            finally:
+                WRITE_WITHOUT_WAITING.reset(token)
+        return await self._run(function, *args, **kwargs)
+
     # ------------------------------------------------------------------ conversations and turns
 
     async def create_conversation(
@@ -113,7 +131,7 @@ class AsyncSQLiteStore:
         return await self._run(self._sync.get_conversation, conversation_id, tenant=tenant)
 
     async def append_turn(self, commit: TurnCommit) -> AppendResult:
-        return await self._run(self._sync.append_turn, commit)
+        return await self._write(self._sync.append_turn, commit)
 
     async def find_turn(
         self, conversation_id: str, *, tenant: str, idempotency_key: str
@@ -223,7 +241,7 @@ class AsyncSQLiteStore:
     # ------------------------------------------------------------------ turns in flight
 
     async def begin_turn(self, pending: PendingTurnRecord) -> None:
-        await self._run(self._sync.begin_turn, pending)
+        await self._write(self._sync.begin_turn, pending)
 
     async def get_pending(self, conversation_id: str, *, tenant: str) -> PendingTurnRecord | None:
         if self._inline():
@@ -231,7 +249,7 @@ class AsyncSQLiteStore:
         return await self._run(self._sync.get_pending, conversation_id, tenant=tenant)
 
     async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        await self._run(self._sync.update_pending, pending, owner=owner)
+        await self._write(self._sync.update_pending, pending, owner=owner)
 
     async def claim_pending(
         self,

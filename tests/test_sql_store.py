@@ -423,3 +423,36 @@ def test_generated_sync_twin_is_current() -> None:
         check=False,
     )
     assert "sql_store" not in done.stdout
+
+
+def test_async_sqlite_write_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
+    """The asyncio SQLite store writes a turn in the event loop's thread only when the write
+    lock is free at once; while another connection holds it, the write waits on a thread
+    (the loop keeps running) and lands once the lock is released, exactly once."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+
+    async def scenario() -> tuple[int, int]:
+        store = cs.open_async_store(url)
+        record = await store.create_conversation(make_record())
+        commit = make_commit(record, [user_step("hi"), model_step("hello")], idempotency_key="k-1")
+        holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        append = asyncio.create_task(store.append_turn(commit))
+        ticks = 0
+        for _ in range(20):  # the loop is not blocked while the append waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not append.done()
+        holder.execute("ROLLBACK")
+        holder.close()
+        result = await asyncio.wait_for(append, 30)
+        assert result.created
+        again = await store.append_turn(commit)  # inline now; the key finds the turn
+        assert not again.created
+        found = await store.get_conversation(record.id, tenant=record.tenant)
+        await store.aclose()
+        return ticks, found.turn_count
+
+    assert asyncio.run(scenario()) == (20, 1)
