@@ -174,8 +174,9 @@ class AsyncConversation:
         planner.check_turn_options(in_flight=in_flight, background=background)
         attempt = 0
         queued: float | None = None
+        reread = False  # the first plan trusts the record this object holds (see _prepare)
         while True:
-            prepared = await self._prepare(new_steps, idempotency_key)
+            prepared = await self._prepare(new_steps, idempotency_key, reread=reread)
             if isinstance(prepared, Turn):
                 return prepared
             machine = await self._plan(
@@ -185,15 +186,21 @@ class AsyncConversation:
                 result = await AsyncTurnDriver(self).drive(machine, machine.start())
             except TurnInFlight as exc:
                 await self._in_flight(exc.pending, in_flight)
+                reread = True
                 continue
             except ConcurrentTurnError:
+                # a conflict at begin_turn cost no request (the record moved since it was
+                # read): when that record was this object's own, read it and plan again
+                free = machine.phase is lifecycle.Phase.PLANNED
+                if free and not reread:
+                    reread = True
+                    continue
                 # queueing behind a turn in flight means taking the head it leaves
                 retry = on_conflict == "retry" or in_flight == "wait"
                 if not retry:
                     raise
-                # a conflict at begin_turn cost no request (another turn was committed
-                # between the read and the begin): queue on, within a time budget
-                free = machine.phase is lifecycle.Phase.PLANNED
+                # another turn was committed between the read and the begin: queue on,
+                # within a time budget
                 if free and queued is None:
                     queued = time.monotonic() + planner.CONFLICT_QUEUE_SECONDS
                 if not free or (queued is not None and time.monotonic() > queued):
@@ -235,14 +242,20 @@ class AsyncConversation:
         return None if found is None else AsyncPendingTurn(self, found)
 
     async def _prepare(
-        self, new_steps: list[JSONObject], idempotency_key: str | None
+        self, new_steps: list[JSONObject], idempotency_key: str | None, *, reread: bool
     ) -> _Prepared | Turn:
+        """Plan a turn from the stored record (``reread``), or from the one this object
+        holds: the record it was opened with or last committed, refreshed or updated. That one
+        may be stale (another worker moved on since); ``begin_turn`` checks its version
+        before anything is sent, so a stale plan costs one refused write, and the caller
+        plans again from a fresh read. A send on a conversation just opened, or on one this
+        object keeps sending on, saves the read."""
         store, tenant = self._store, self.tenant
         if idempotency_key is not None:
             done = await store.find_turn(self.id, tenant=tenant, idempotency_key=idempotency_key)
             if done is not None:
                 return await self._stored_turn(done, replayed=True)
-        record = await self.refresh()
+        record = await self.refresh() if reread else self._record
         policy = self.compaction
         if policy is not None and policy.budget(record.model) is not None and record.turn_count:
             latest = await store.load_turns(self.id, tenant=tenant, after_seq=record.turn_count - 1)
@@ -635,8 +648,9 @@ class AsyncTurnStream:
 
     async def __aenter__(self) -> AsyncTurnStream:
         conv, driver = self._conversation, self._driver
+        reread = False  # as in send: the record held first, a fresh read after a refusal
         while True:
-            prepared = await conv._prepare(self._new_steps, self._key)
+            prepared = await conv._prepare(self._new_steps, self._key, reread=reread)
             if isinstance(prepared, Turn):
                 self.turn = prepared
                 return self
@@ -648,6 +662,12 @@ class AsyncTurnStream:
                 send = await driver.until_send(machine, machine.start())
             except TurnInFlight as exc:
                 await conv._in_flight(exc.pending, self._in_flight)
+                reread = True
+                continue
+            except ConcurrentTurnError:
+                if reread or machine.phase is not lifecycle.Phase.PLANNED:
+                    raise
+                reread = True
                 continue
             break
         assert send is not None

@@ -176,8 +176,9 @@ class Conversation:
         planner.check_turn_options(in_flight=in_flight, background=background)
         attempt = 0
         queued: float | None = None
+        reread = False  # the first plan trusts the record this object holds (see _prepare)
         while True:
-            prepared = self._prepare(new_steps, idempotency_key)
+            prepared = self._prepare(new_steps, idempotency_key, reread=reread)
             if isinstance(prepared, Turn):
                 return prepared
             machine = self._plan(
@@ -187,15 +188,21 @@ class Conversation:
                 result = TurnDriver(self).drive(machine, machine.start())
             except TurnInFlight as exc:
                 self._in_flight(exc.pending, in_flight)
+                reread = True
                 continue
             except ConcurrentTurnError:
+                # a conflict at begin_turn cost no request (the record moved since it was
+                # read): when that record was this object's own, read it and plan again
+                free = machine.phase is lifecycle.Phase.PLANNED
+                if free and not reread:
+                    reread = True
+                    continue
                 # queueing behind a turn in flight means taking the head it leaves
                 retry = on_conflict == "retry" or in_flight == "wait"
                 if not retry:
                     raise
-                # a conflict at begin_turn cost no request (another turn was committed
-                # between the read and the begin): queue on, within a time budget
-                free = machine.phase is lifecycle.Phase.PLANNED
+                # another turn was committed between the read and the begin: queue on,
+                # within a time budget
                 if free and queued is None:
                     queued = time.monotonic() + planner.CONFLICT_QUEUE_SECONDS
                 if not free or (queued is not None and time.monotonic() > queued):
@@ -237,14 +244,20 @@ class Conversation:
         return None if found is None else PendingTurn(self, found)
 
     def _prepare(
-        self, new_steps: list[JSONObject], idempotency_key: str | None
+        self, new_steps: list[JSONObject], idempotency_key: str | None, *, reread: bool
     ) -> _Prepared | Turn:
+        """Plan a turn from the stored record (``reread``), or from the one this object
+        holds: the record it was opened with or last committed, refreshed or updated. That one
+        may be stale (another worker moved on since); ``begin_turn`` checks its version
+        before anything is sent, so a stale plan costs one refused write, and the caller
+        plans again from a fresh read. A send on a conversation just opened, or on one this
+        object keeps sending on, saves the read."""
         store, tenant = self._store, self.tenant
         if idempotency_key is not None:
             done = store.find_turn(self.id, tenant=tenant, idempotency_key=idempotency_key)
             if done is not None:
                 return self._stored_turn(done, replayed=True)
-        record = self.refresh()
+        record = self.refresh() if reread else self._record
         policy = self.compaction
         if policy is not None and policy.budget(record.model) is not None and record.turn_count:
             latest = store.load_turns(self.id, tenant=tenant, after_seq=record.turn_count - 1)
@@ -637,8 +650,9 @@ class TurnStream:
 
     def __enter__(self) -> TurnStream:
         conv, driver = self._conversation, self._driver
+        reread = False  # as in send: the record held first, a fresh read after a refusal
         while True:
-            prepared = conv._prepare(self._new_steps, self._key)
+            prepared = conv._prepare(self._new_steps, self._key, reread=reread)
             if isinstance(prepared, Turn):
                 self.turn = prepared
                 return self
@@ -650,6 +664,12 @@ class TurnStream:
                 send = driver.until_send(machine, machine.start())
             except TurnInFlight as exc:
                 conv._in_flight(exc.pending, self._in_flight)
+                reread = True
+                continue
+            except ConcurrentTurnError:
+                if reread or machine.phase is not lifecycle.Phase.PLANNED:
+                    raise
+                reread = True
                 continue
             break
         assert send is not None
