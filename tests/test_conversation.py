@@ -461,3 +461,31 @@ def test_usage_totals(convos: cs.Conversations) -> None:
     turns = [conv.send(t) for t in (DOGS, PAWS)]
     totals = conv.usage()
     assert totals["total_tokens"] == sum((t.usage or {})["total_tokens"] for t in turns)
+
+
+def test_replayed_history_read_once_still_sees_other_writers(
+    convos: cs.Conversations, emulator: Emulator
+) -> None:
+    """A conversation object reads only the new steps for its next replayed turn, and the
+    turns another object (another worker) committed meanwhile are in the body all the same:
+    its stale plan is refused before anything is sent, and planned again."""
+    mine = convos.create(tenant="t", mode="stateless")
+    mine.send("one")
+    mine.send("two")
+    other = convos.get(mine.id, tenant="t")
+    other.send("three")
+    posts = len(creates(emulator))
+    mine.send("four")
+    bodies = creates(emulator)
+    assert len(bodies) == posts + 1  # the refused plan sent nothing
+    texts = [
+        part["text"]
+        for step in bodies[-1]["input"]
+        if step["type"] == "user_input"
+        for part in step["content"]
+    ]
+    assert texts == ["one", "two", "three", "four"]
+    assert [s["type"] for s in bodies[-1]["input"]] == ["user_input", "model_output"] * 3 + [
+        "user_input"
+    ]
+    assert mine.history() == other.history() and len(mine.history()) == 8

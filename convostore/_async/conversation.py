@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -61,6 +61,20 @@ class _Prepared:
         self.new_steps = new_steps
 
 
+REPLAY_CACHE_STEPS = 5000
+"""The longest history a conversation object keeps between replayed turns (see
+``AsyncConversation._replay_view``)."""
+
+
+class _ReplayCache:
+    """The payloads of a conversation's steps 1..``last_seq``, as read for a replayed turn."""
+
+    def __init__(self, created_at: datetime, last_seq: int, payloads: list[JSONObject]) -> None:
+        self.created_at = created_at
+        self.last_seq = last_seq
+        self.payloads = payloads
+
+
 class AsyncConversation:
     """A conversation bound to its store and client. Get one from ``AsyncConversations``."""
 
@@ -71,6 +85,7 @@ class AsyncConversation:
         self._record = record
         self.compaction: _context.CompactionPolicy | None = owner.compaction
         """This conversation's compaction policy (default: the ``AsyncConversations``')."""
+        self._replayed: _ReplayCache | None = None
 
     def __repr__(self) -> str:
         r = self._record
@@ -315,8 +330,40 @@ class AsyncConversation:
     ) -> JSONObject:
         history: list[JSONObject] = []
         if decision.needs_history:
-            history = await self._view(record.context_epoch)
+            history = await self._replay_view(record)
         return planner.plan_request(record, decision, new_steps=new_steps, history=history)
+
+    async def _replay_view(self, record: ConversationRecord) -> list[JSONObject]:
+        """``_view`` for a request body, reading only the steps this object has not read yet.
+
+        Stored steps never change (a conversation only grows, and an erased one is gone with
+        its id's creation time), so the payloads read for one replayed turn serve the next
+        one's request; only the steps committed since are read. Kept for histories of up to
+        ``REPLAY_CACHE_STEPS`` steps; never handed to a caller (the body is encoded, not kept).
+        """
+        epoch = record.context_epoch
+        cache = self._replayed
+        if (
+            epoch
+            or cache is None
+            or cache.created_at != record.created_at
+            or cache.last_seq > record.step_count
+        ):
+            cache = None
+        if cache is None:
+            if epoch:
+                return await self._view(epoch)
+            loaded = await self._store.load_steps(self.id, tenant=self.tenant)
+            cache = _ReplayCache(record.created_at, 0, [])
+        else:
+            loaded = await self._store.load_steps(
+                self.id, tenant=self.tenant, after_seq=cache.last_seq
+            )
+        cache.payloads.extend(s.payload for s in loaded)
+        if loaded:
+            cache.last_seq = loaded[-1].seq
+        self._replayed = cache if len(cache.payloads) <= REPLAY_CACHE_STEPS else None
+        return list(cache.payloads)
 
     async def _view(self, epoch: int, *, before_turn: int | None = None) -> list[JSONObject]:
         """The history a request sends under compaction ``epoch`` (0: none): the
