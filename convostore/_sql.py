@@ -398,6 +398,10 @@ def engine_options(url: URL) -> dict[str, Any]:
         # An append re-reads the idempotency key after a lost version race; under
         # REPEATABLE READ that read would see the transaction's old snapshot.
         options["isolation_level"] = "READ COMMITTED"
+        # Every operation ends its own transaction (committed, or rolled back when its
+        # connection closes); the pool's ROLLBACK on return would be one more round trip
+        # after each write (pymysql sends it even with no transaction open).
+        options["pool_reset_on_return"] = None
     return options
 
 
