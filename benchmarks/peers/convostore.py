@@ -25,12 +25,14 @@ Driven at the store level, the way ``AsyncConversation.send`` drives it minus th
            is open + newest 20, the same two calls the project's own benchmark times.
 
 The ``send`` variant drives a turn's store calls exactly as ``send()`` does with durable
-turns (minus the API call): re-read the record (``get_conversation``), ``begin_turn`` (the
-pending record, version-checked), ``update_pending`` (the interaction id, as the answer
-stream names it), then ``append_turn`` with the turn's key (which deletes the pending record).
-With ``send(on_conflict="retry")``'s policy: a turn in flight is queued behind
-(``TurnInFlight``: wait, re-read, begin again) and a version conflict at ``begin_turn`` costs
-no request, so it re-plans without counting against the retries (for up to a minute). It shows
+turns (minus the API call): plan from the record held (as read when the conversation was
+opened, or after this adapter's last commit), ``begin_turn`` (the pending record,
+version-checked), ``update_pending`` (the interaction id, as the answer stream names it),
+then ``append_turn`` with the turn's key (which deletes the pending record). With
+``send(on_conflict="retry")``'s policy: a turn in flight is queued behind (``TurnInFlight``:
+wait, re-read, begin again) and a version conflict at ``begin_turn`` (the record held was
+stale) costs no request, so it re-reads (``get_conversation``) and re-plans without counting
+against the retries (for up to a minute). It shows
 the store work of a real turn (A) and whether racing writers all get stored (D).
 The ``raise`` variant (D) does not retry: the raw rate of lost version races.
 
@@ -165,16 +167,23 @@ class ConvostoreAdapter(Adapter):
     async def _append_as_send(self, conv_id: str, items: list[dict]) -> None:
         key = f"k-{uuid.uuid4().hex}"
         queued_until = time.monotonic() + QUEUE_SECONDS
+        rec = self.records.get(conv_id)
+        fresh = False
         while True:
-            rec = await self._open(conv_id)
+            if rec is None:
+                rec, fresh = await self._open(conv_id), True
             pending = make_pending(rec, items, key, self.owner)
             try:
                 await self.store.begin_turn(pending)
             except cs.TurnInFlight:
                 self.waits += 1
                 await asyncio.sleep(random.uniform(0.0, 0.002))
+                rec = None
                 continue
             except ConcurrentTurnError:
+                rec = None
+                if not fresh:  # the record held was stale: read it and plan again
+                    continue
                 self.conflicts += 1
                 if time.monotonic() > queued_until:
                     self.gave_up += 1
