@@ -786,8 +786,10 @@ STORED = {"stored": True}
 
 
 def decode_conversation(row: Any) -> ConversationRecord:
+    """A conversation from a result row, or from a ``{column: value}`` mapping."""
+    values = row if isinstance(row, dict) else dict(row._mapping)
     try:
-        return ConversationRecord.model_validate(dict(row._mapping), context=STORED)
+        return ConversationRecord.model_validate(values, context=STORED)
     except PydanticValidationError as exc:
         raise CorruptRecordError(f"conversation row does not parse: {exc}") from exc
 
@@ -1046,6 +1048,13 @@ class DriverStatement:
             for name, bind in compiled.binds.items()
             if not bind.required and name in self.names
         }
+        # a SELECT's columns and their types' result processors, for rows read on the
+        # driver's cursor (see ``mappings``)
+        selected = list(getattr(statement, "selected_columns", ()))
+        self.columns = tuple(str(column.key) for column in selected)
+        self._results = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected
+        ]
 
     def params(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         """``values`` (by bind name) in the driver's form, bind-processed."""
@@ -1056,6 +1065,18 @@ class DriverStatement:
         if self.positional:
             return tuple([values[name] for name in self.names])
         return values
+
+    def mappings(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Driver rows of this SELECT as ``{column: value}``, result-processed as a
+        ``Connection.execute`` result would be (datetimes, JSON)."""
+        pairs = list(zip(self.columns, self._results, strict=True))
+        return [
+            {
+                name: (process(value) if process is not None and value is not None else value)
+                for (name, process), value in zip(pairs, row, strict=True)
+            }
+            for row in rows
+        ]
 
 
 class AppendParams(NamedTuple):

@@ -45,7 +45,9 @@ class AsyncSQLPending:
 
     url: str
     _dialect: str
-    _driver_sql: dict[int, DriverStatement]
+
+    def _driver_statement(self, conn: AsyncConnection, statement: Any) -> DriverStatement:
+        raise NotImplementedError  # the store's
 
     async def _engines(self) -> tuple[AsyncEngine, AsyncEngine]:
         raise NotImplementedError  # the store's
@@ -69,9 +71,7 @@ class AsyncSQLPending:
             async with self._one_statement(writer) as conn:
                 return int((await conn.execute(statement, params)).rowcount)
         async with writer.connect() as conn:
-            driver = self._driver_sql.get(id(statement))
-            if driver is None:
-                driver = self._driver_sql[id(statement)] = DriverStatement(statement, conn.dialect)
+            driver = self._driver_statement(conn, statement)
             values = driver.params(params)
 
             def write(sync_conn: sa.Connection) -> int:

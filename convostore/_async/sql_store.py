@@ -59,6 +59,7 @@ from .._sql import (
     install_liveness_check,
     install_sqlite_hooks,
     normalize_url,
+    on_driver_cursor,
     pending_turns,
     schema_error,
     settings_options,
@@ -236,10 +237,41 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
         self, conn: AsyncConnection, conversation_id: str, tenant: str
     ) -> ConversationRecord:
         scope = {"w_id": conversation_id, "w_tenant": tenant}
+        if self._dialect == "sqlite":
+            statement = self._driver_statement(conn, SELECT_CONVERSATION)
+            found = statement.mappings(await self._driver_rows(conn, statement, scope))
+            if not found:
+                raise ConversationNotFound(conversation_id)
+            return decode_conversation(found[0])
         row = (await conn.execute(SELECT_CONVERSATION, scope)).first()
         if row is None:
             raise ConversationNotFound(conversation_id)
         return decode_conversation(row)
+
+    def _driver_statement(self, conn: AsyncConnection, statement: Any) -> DriverStatement:
+        found = self._driver_sql.get(id(statement))
+        if found is None:
+            found = self._driver_sql[id(statement)] = DriverStatement(statement, conn.dialect)
+        return found
+
+    async def _driver_rows(
+        self, conn: AsyncConnection, statement: DriverStatement, params: dict[str, Any]
+    ) -> list[Any]:
+        """The rows of a read rendered once: on SQLite from the driver's cursor (a read
+        there takes microseconds, less than SQLAlchemy's result handling), elsewhere
+        through ``exec_driver_sql``."""
+        values = statement.params(params)
+        if self._dialect != "sqlite":
+            return list((await conn.exec_driver_sql(statement.sql, values)).all())
+
+        def read(sync_conn: sa.Connection) -> list[Any]:
+            return list(
+                on_driver_cursor(
+                    sync_conn, lambda _cursor, run: run(statement.sql, values).fetchall()
+                )
+            )
+
+        return await conn.run_sync(read)
 
     async def _turn_by_key(
         self, conn: AsyncConnection, conversation_id: str, tenant: str, key: str
@@ -505,7 +537,7 @@ class AsyncSQLStore(AsyncSQLPending, AsyncSQLCompaction):
                         self._step_select, after=shape[0], turn=shape[1], newest=shape[2]
                     )
                     query = self._step_reads[shape] = DriverStatement(select, conn.dialect)
-                rows = (await conn.exec_driver_sql(query.sql, query.params(params))).all()
+                rows = await self._driver_rows(conn, query, params)
                 if not rows:  # an empty range, or no such conversation in this tenant
                     await self._record(conn, conversation_id, tenant)
         return decode_steps(conversation_id, rows)

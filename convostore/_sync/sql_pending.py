@@ -46,7 +46,9 @@ class SQLPending:
 
     url: str
     _dialect: str
-    _driver_sql: dict[int, DriverStatement]
+
+    def _driver_statement(self, conn: Connection, statement: Any) -> DriverStatement:
+        raise NotImplementedError  # the store's
 
     def _engines(self) -> tuple[Engine, Engine]:
         raise NotImplementedError  # the store's
@@ -70,9 +72,7 @@ class SQLPending:
             with self._one_statement(writer) as conn:
                 return int((conn.execute(statement, params)).rowcount)
         with writer.connect() as conn:
-            driver = self._driver_sql.get(id(statement))
-            if driver is None:
-                driver = self._driver_sql[id(statement)] = DriverStatement(statement, conn.dialect)
+            driver = self._driver_statement(conn, statement)
             values = driver.params(params)
 
             def write(sync_conn: sa.Connection) -> int:
