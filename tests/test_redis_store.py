@@ -128,10 +128,14 @@ def test_pending_turn_shares_the_slot_and_the_ttl(
     assert raw.zcard(index) == 1
     record = add_turn(store, record, idempotency_key=pending.idempotency_key)
     assert not raw.exists(key)
-    # the commit leaves its index entry to the next begin, which removes it in passing
+    # the commit leaves its index entry to the next begin, which hands it back; the same
+    # worker's next write on the conversation removes it in passing (no round trip of its own)
     assert raw.zcard(index) == 1
     following = make_pending(record)
     store.begin_turn(following)
+    assert raw.zcard(index) == 2  # listed before the pending record was written
+    named = following.model_copy(update={"interaction_id": "v1_named"})
+    store.update_pending(named, owner=following.lease_owner)
     assert raw.zrange(index, 0, -1) == [index_member(following.created_at, record.id).encode()]
     add_turn(store, record, idempotency_key=following.idempotency_key)
     assert raw.zcard(index) == 1

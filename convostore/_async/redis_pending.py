@@ -37,6 +37,8 @@ from .._exceptions import (
 from ..models import OutboxItem, PendingTurnRecord
 
 BATCH = 200
+MAX_STALE = 10_000
+"""Stale listing entries remembered for removal at most (see ``_left_stale``)."""
 
 
 @contextmanager
@@ -75,14 +77,52 @@ class AsyncRedisPending:
 
     _client: redis.asyncio.Redis
     _prefix: str
+    _stale: dict[str, tuple[str, Any]]
+    _cluster: bool
+    """Listing entries left by committed turns, by conversation (see ``_left_stale``)."""
 
-    async def _eval(self, source: str, script_keys: list[str], args: list[Any]) -> Any:
-        """``_run`` for a script given by its source (loaded by EVAL on NOSCRIPT)."""
+    async def _eval(
+        self,
+        source: str,
+        script_keys: list[str],
+        args: list[Any],
+        *,
+        index: Sequence[tuple[str, str, Any]] = (),
+    ) -> Any:
+        """``_run`` for a script given by its source (loaded by EVAL on NOSCRIPT).
+
+        ``index``: ``(command, index key, member)`` updates of the listing indexes (other
+        hash tags than the script's keys, so not in it) sent in the same round trip, ahead
+        of the script; they are idempotent, and the listing drops entries it finds stale.
+        """
         count = len(script_keys)
+        sha = keys.sha(source)
         try:
-            return await self._client.evalsha(keys.sha(source), count, *script_keys, *args)
+            if not index:
+                return await self._client.evalsha(sha, count, *script_keys, *args)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command, index_key, member in index:
+                    if command == "zadd":
+                        pipe.zadd(index_key, {member: 0})
+                    else:
+                        pipe.zrem(index_key, member)
+                if self._cluster:  # a cluster pipeline refuses scripts
+                    await pipe.execute()
+                    return await self._client.evalsha(sha, count, *script_keys, *args)
+                pipe.evalsha(sha, count, *script_keys, *args)
+                return (await pipe.execute())[-1]
         except redis.exceptions.NoScriptError:
             return await self._client.eval(source, count, *script_keys, *args)
+
+    def _left_stale(self, conversation_id: str) -> list[tuple[str, str, Any]]:
+        """The removal of the listing entry a conversation's previous turn in flight left
+        (handed back by its next ``begin_turn``), to send with this worker's next write on
+        it; a worker that dies first leaves it to the listing's own cleaning."""
+        stale = self._stale.pop(conversation_id, None)
+        if stale is None:
+            return []
+        tenant, member = stale
+        return [("zrem", index, member) for index in keys.pending_index_keys(self._prefix, tenant)]
 
     def _pkey(self, conversation_id: str) -> str:
         return keys.pending_key(self._prefix, conversation_id)
@@ -103,16 +143,25 @@ class AsyncRedisPending:
         member = keys.index_member(pending.created_at, cid)
         args: list[Any] = [rules.dumps(tenant), str(pending.planned_version), str(pending.seq - 1)]
         args += [token, *keys.pending_fields(pending, member, token)]
+        # listed before the pending record exists (same round trip): a worker that dies
+        # right after the script leaves a turn recovery can find; a refused begin leaves an
+        # entry the listing drops
+        listed = [
+            ("zadd", index, member) for index in keys.pending_index_keys(self._prefix, tenant)
+        ]
         with translate_errors():
             record_key = keys.conversation_keys(self._prefix, cid)[0]
-            status = await self._eval(keys.BEGIN, [record_key, self._pkey(cid)], args)
+            status = await self._eval(
+                keys.BEGIN,
+                [record_key, self._pkey(cid)],
+                args,
+                index=[*listed, *self._left_stale(cid)],
+            )
             if status[0] == 3:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for index in keys.pending_index_keys(self._prefix, tenant):
-                        pipe.zadd(index, {member: 0})
-                        if len(status) > 1 and status[1]:  # the previous turn's entry
-                            pipe.zrem(index, status[1])
-                    await pipe.execute()
+                if len(status) > 1 and status[1]:  # the previous turn's entry
+                    if len(self._stale) >= MAX_STALE:
+                        self._stale.clear()  # the listing cleans what is dropped here
+                    self._stale[cid] = (tenant, status[1])
                 return
         if status[0] == 0:
             raise ConversationNotFound(cid)
@@ -139,7 +188,10 @@ class AsyncRedisPending:
         args += keys.progress_fields(pending)
         with translate_errors():
             written = await self._eval(
-                keys.UPDATE_PENDING, [self._pkey(pending.conversation_id)], args
+                keys.UPDATE_PENDING,
+                [self._pkey(pending.conversation_id)],
+                args,
+                index=self._left_stale(pending.conversation_id),
             )
         if not written:
             raise LeaseLost(pending.conversation_id, idempotency_key=pending.idempotency_key)

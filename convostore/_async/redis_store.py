@@ -69,6 +69,9 @@ class AsyncRedisStore(AsyncRedisPending, AsyncRedisCompaction):
         self._client: Any = client
         self._owns_client = owns_client
         self._prefix = keys.check_prefix(key_prefix)
+        self._stale: dict[str, tuple[str, Any]] = {}
+        # a cluster pipeline refuses scripts: their index updates go in a round trip first
+        self._cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
         self._closed = False
         self._create = client.register_script(keys.CREATE)
         self._append = client.register_script(keys.APPEND)
