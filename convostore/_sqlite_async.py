@@ -18,9 +18,9 @@ microseconds). So do the writes of a turn (``begin_turn``, ``update_pending``,
 transaction of a few statements that takes about as long as the hop; if another writer holds
 the lock, the ``BEGIN IMMEDIATE`` fails at once without waiting (nothing written) and the
 operation goes to the threads, where it waits for the lock as usual. (SQLite's automatic WAL
-checkpoint, every ~4 MB written, runs in the thread that commits: now and then the loop's.) Whole-history reads and
-every other write go to the threads. An in-memory database (one connection shared by every
-caller) keeps everything on its one thread.
+checkpoint, every ~4 MB written, runs in the thread that commits: now and then the loop's.)
+Whole-history reads and every other write go to the threads. An in-memory database (one
+connection shared by every caller) keeps everything on its one thread.
 """
 
 from __future__ import annotations
