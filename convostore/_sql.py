@@ -940,9 +940,9 @@ def begin_params(pending: PendingTurnRecord) -> dict[str, Any]:
 
 
 def progress_params(pending: PendingTurnRecord, owner: str) -> dict[str, Any]:
-    """Parameters of UPDATE_PENDING."""
-    row = pending_row(pending)
-    params = {f"v_{name}": row[name] for name in PENDING_PROGRESS_FIELDS}
+    """Parameters of UPDATE_PENDING (the progress columns only: not the input's JSON)."""
+    params = {f"v_{name}": getattr(pending, name) for name in PENDING_PROGRESS_FIELDS}
+    params["v_hop_ids"] = dumps(pending.hop_ids)
     params.update(
         w_id=pending.conversation_id,
         w_tenant=pending.tenant,

@@ -1282,11 +1282,21 @@ class StoreConformance(_Divergences):
         with pytest.raises(ValidationError):
             store.begin_turn(record)  # type: ignore[arg-type]
         store.begin_turn(pending)
-        forged = PendingTurnRecord.model_construct(
-            **{**dict(pending), "input_steps": [{"type": "x", "v": float("inf")}], "state": "sent"}
+        # update_pending writes the progress fields: a bad one is refused ...
+        for update in (
+            {"hop_ids": [1]},
+            {"state": "done"},
+            {"interaction_id": 5},
+            {"lease_expires_at": datetime(2030, 1, 1)},
+        ):
+            forged = PendingTurnRecord.model_construct(**{**dict(pending), **update})
+            with pytest.raises(ValidationError):
+                store.update_pending(forged, owner="worker-1")
+        # ... and what it does not write (the input, the settings) is never taken from it
+        unwritten = PendingTurnRecord.model_construct(
+            **{**dict(pending), "input_steps": [{"type": "x", "v": float("inf")}], "config": {}}
         )
-        with pytest.raises(ValidationError):
-            store.update_pending(forged, owner="worker-1")
+        store.update_pending(unwritten, owner=pending.lease_owner)
         with pytest.raises(ValidationError):
             store.claim_pending(
                 record.id,

@@ -344,7 +344,7 @@ class AsyncEncryptedStore:
         return None if stored is None else await self._open_pending(stored)
 
     async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         # only progress is written: the payloads need not travel (and must not, in clear)
         await self.inner.update_pending(
             pending.model_copy(update={"input_steps": [], "config": {}}), owner=owner

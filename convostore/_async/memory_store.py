@@ -383,7 +383,7 @@ class AsyncMemoryStore:
             return _pending(self._state.conversations.get(conversation_id), tenant)
 
     async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         rules.check_owner(owner)
         key = pending.idempotency_key
         async with self._state.lock:

@@ -124,7 +124,7 @@ class AsyncSQLPending:
                 return await self._pending(conn, conversation_id, tenant)
 
     async def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         rules.check_owner(owner)
         _, writer = await self._engines()
         with translate_errors(self.url):

@@ -592,6 +592,28 @@ def _check_optional_str(value: object, what: str) -> None:
         raise ValidationError(f"{what} must be a string or None, not {type(value).__name__}")
 
 
+def check_progress(pending: object) -> PendingTurnRecord:
+    """``check_pending`` for ``update_pending``, which writes only the progress fields
+    (``PENDING_PROGRESS_FIELDS``): those, and the ids that scope the write, are checked; the
+    input and settings it does not write are not walked again on every progress write."""
+    if not isinstance(pending, PendingTurnRecord):
+        raise ValidationError(f"expected a PendingTurnRecord, not {type(pending).__name__}")
+    check_scope(pending.conversation_id, pending.tenant)
+    check_idempotency_key(pending.idempotency_key)
+    check_id(pending.lease_owner, "lease owner")
+    if pending.state not in _PENDING_STATES:
+        raise ValidationError(f"state must be one of {_PENDING_STATES}, not {pending.state!r}")
+    for name in ("interaction_id", "continuation_token"):
+        _check_optional_str(getattr(pending, name), name)
+    if not isinstance(pending.hop_ids, list) or not all(
+        isinstance(hop, str) for hop in pending.hop_ids
+    ):
+        raise ValidationError("hop_ids must be a list of strings")
+    for name in ("lease_expires_at", "updated_at"):
+        _check_aware(getattr(pending, name), name)
+    return pending
+
+
 def check_pending(pending: object) -> PendingTurnRecord:
     """Check a pending turn before it is written, including what ``model_construct`` could
     have skipped: ids, the key, counters, timestamps, the JSON of its input and settings."""

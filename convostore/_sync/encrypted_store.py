@@ -345,7 +345,7 @@ class EncryptedStore:
         return None if stored is None else self._open_pending(stored)
 
     def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         # only progress is written: the payloads need not travel (and must not, in clear)
         self.inner.update_pending(
             pending.model_copy(update={"input_steps": [], "config": {}}), owner=owner

@@ -385,7 +385,7 @@ class MemoryStore:
             return _pending(self._state.conversations.get(conversation_id), tenant)
 
     def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         rules.check_owner(owner)
         key = pending.idempotency_key
         with self._state.lock:

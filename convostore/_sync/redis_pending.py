@@ -183,7 +183,7 @@ class RedisPending:
         return keys.decode_pending_hash(raw)
 
     def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         rules.check_owner(owner)
         args = [rules.dumps(pending.tenant), pending.idempotency_key, rules.dumps(owner)]
         args += keys.progress_fields(pending)

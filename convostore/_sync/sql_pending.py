@@ -125,7 +125,7 @@ class SQLPending:
                 return self._pending(conn, conversation_id, tenant)
 
     def update_pending(self, pending: PendingTurnRecord, *, owner: str) -> None:
-        rules.check_pending(pending)
+        rules.check_progress(pending)
         rules.check_owner(owner)
         _, writer = self._engines()
         with translate_errors(self.url):
