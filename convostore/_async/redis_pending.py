@@ -78,8 +78,9 @@ class AsyncRedisPending:
     _client: redis.asyncio.Redis
     _prefix: str
     _stale: dict[str, tuple[str, Any]]
-    _cluster: bool
     """Listing entries left by committed turns, by conversation (see ``_left_stale``)."""
+    _cluster: bool
+    """A Redis Cluster client (its pipelines refuse scripts)."""
 
     async def _eval(
         self,

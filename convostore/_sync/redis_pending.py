@@ -79,8 +79,9 @@ class RedisPending:
     _client: redis.Redis
     _prefix: str
     _stale: dict[str, tuple[str, Any]]
-    _cluster: bool
     """Listing entries left by committed turns, by conversation (see ``_left_stale``)."""
+    _cluster: bool
+    """A Redis Cluster client (its pipelines refuse scripts)."""
 
     def _eval(
         self,
